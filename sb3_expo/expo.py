@@ -1,0 +1,539 @@
+"""EXPO: Expressive Policy Optimization (Dong, Li, Sadigh, Finn 2025) as an SB3 off-policy algorithm.
+
+The algorithm owns the losses and the update step (:meth:`EXPO._update`); the policy (:mod:`sb3_expo.policies`) owns
+the networks, the optimisers and the on-the-fly action selection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import zipfile
+from typing import Any, ClassVar, Optional, TypeVar, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
+from stable_baselines3.common.utils import configure_logger
+
+from sb3_expo.config import DiffusionConfig, OTFConfig
+from sb3_expo.otf import draw_candidates, td_target
+from sb3_expo.policies import EXPOPolicy, MlpPolicy, MultiInputPolicy
+
+SelfEXPO = TypeVar("SelfEXPO", bound="EXPO")
+
+_D = DiffusionConfig  # defaults of the shared configs: the constructor reads them from one place
+_O = OTFConfig
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss of EXPO becomes NaN or infinite (checked once per env step)."""
+
+
+class EXPO(OffPolicyAlgorithm):
+    """EXPO: a diffusion base policy trained by imitation, a Gaussian edit policy trained to raise Q, a batched Q
+    ensemble, and an on-the-fly policy that takes the highest-Q of N base and N edited actions (to act and in the TD
+    target). Paper: "EXPO: Stable Reinforcement Learning with Expressive Policies", Dong et al. 2025.
+
+    Defaults are the authors' (Robomimic settings). They are sized for a GPU: one env step costs ~1.5 TFLOP at UTD 20.
+    For a CPU use the ``cpu`` preset: ``EXPO("MlpPolicy", env, **sb3_expo.presets.get_preset("cpu"))``.
+
+    :param policy: ``"MlpPolicy"``, ``"MultiInputPolicy"`` (Dict observations) or an :class:`EXPOPolicy` subclass.
+    :param env: the environment (Gymnasium env, VecEnv or registered id).
+    :param learning_rate: Adam learning rate of the critic ensemble and the edit policy (3e-4), or an SB3 schedule.
+    :param base_learning_rate: initial AdamW learning rate of the diffusion base policy (3e-4).
+    :param base_lr_decay_steps: cosine decay horizon of the base learning rate, in base updates (IDQL: 2e6); ``None``
+        keeps it constant.
+    :param base_weight_decay: AdamW weight decay of the base policy (1e-4, optax's default).
+    :param base_ema_tau: EMA rate of the base policy copy used to act (0.001).
+    :param temperature_learning_rate: Adam learning rate of the temperature (3e-4).
+    :param initial_temperature: initial entropy temperature alpha of the edit policy (1.0).
+    :param target_entropy: target entropy of the edit policy; ``"auto"`` = ``-action_dim / 2``.
+    :param buffer_size: replay buffer size.
+    :param learning_starts: env steps with uniformly random actions before learning (5000 on Robomimic/Antmaze,
+        0 on Adroit).
+    :param batch_size: minibatch size of each critic update (256).
+    :param tau: Polyak rate of the target critics (0.005).
+    :param gamma: discount (0.99).
+    :param train_freq: update the model every ``train_freq`` steps (1).
+    :param gradient_steps: critic updates per env step, the update-to-data ratio (20). Base, edit and temperature
+        are updated once per call, on the last minibatch, as the reference does.
+    :param n_diffusion_steps: denoising steps T of the base policy (10).
+    :param beta_schedule: ``"vp"`` (IDQL) or ``"linear"``.
+    :param beta_min: VP schedule beta_min (0.1).
+    :param beta_max: VP schedule beta_max (10.0).
+    :param clip_sample: clip the sample to [-1, 1] after every denoising step (True).
+    :param sample_temperature: noise scale of the ancestral sampler (1.0).
+    :param edit_scale: beta of ``a + beta * tanh(u)`` (0.05; 0.7 on Adroit). ``0`` is the best-of-N ablation: no
+        edit policy is trained and candidates are base samples only.
+    :param n_action_samples: N, base samples per state (8).
+    :param n_edit_samples: edited samples per state (8, i.e. all N base samples are edited: 2N candidates).
+    :param num_min_qs: size of the random subset of target critics whose min is used for selection and target (2).
+    :param selection: ``"max_q"`` (paper) or ``"random"`` (ablation).
+    :param selection_critic: ``"target"`` (paper) or ``"online"`` (ablation).
+    :param clip_edited_actions: clip edited actions to [-1, 1] before scoring (True; the reference does not).
+    :param deterministic_seed: seed of ``predict(deterministic=True)``'s private generator.
+    :param replay_buffer_class: replay buffer class, e.g. :class:`sb3_expo.wrappers.MinariReplayBuffer`.
+    :param replay_buffer_kwargs: its kwargs (e.g. ``dict(dataset_id=..., offline_fraction=0.5)``).
+    :param optimize_memory_usage: SB3's memory-efficient replay buffer.
+    :param compile: ``torch.compile`` the update step and the acting path (opt-in).
+    :param policy_kwargs: network sizes and optimiser options (see :class:`EXPOPolicy`).
+    :param stats_window_size: episodes averaged for the rollout logs.
+    :param tensorboard_log: TensorBoard log folder.
+    :param verbose: 0 silent, 1 info, 2 debug.
+    :param seed: random seed.
+    :param device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    :param _init_setup_model: build the networks at construction.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: EXPOPolicy
+
+    def __init__(
+        self,
+        policy: Union[str, type[EXPOPolicy]],
+        env: Union[GymEnv, str],
+        learning_rate: Union[float, Schedule] = 3e-4,
+        base_learning_rate: float = 3e-4,
+        base_lr_decay_steps: Optional[int] = 2_000_000,
+        base_weight_decay: float = 1e-4,
+        base_ema_tau: float = 0.001,
+        temperature_learning_rate: float = 3e-4,
+        initial_temperature: float = 1.0,
+        target_entropy: Union[str, float] = "auto",
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 5000,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: Union[int, tuple[int, str]] = 1,
+        gradient_steps: int = 20,
+        n_diffusion_steps: int = _D.n_diffusion_steps,
+        beta_schedule: str = _D.beta_schedule,
+        beta_min: float = _D.beta_min,
+        beta_max: float = _D.beta_max,
+        clip_sample: bool = _D.clip_sample,
+        sample_temperature: float = _D.sample_temperature,
+        edit_scale: float = _O.edit_scale,
+        n_action_samples: int = _O.n_action_samples,
+        n_edit_samples: int = _O.n_edit_samples,
+        num_min_qs: int = _O.num_min_qs,
+        selection: str = _O.selection,
+        selection_critic: str = _O.selection_critic,
+        clip_edited_actions: bool = _O.clip_edited_actions,
+        deterministic_seed: int = _O.deterministic_seed,
+        replay_buffer_class: Optional[type[ReplayBuffer]] = None,
+        replay_buffer_kwargs: Optional[dict[str, Any]] = None,
+        optimize_memory_usage: bool = False,
+        compile: bool = False,
+        policy_kwargs: Optional[dict[str, Any]] = None,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[th.device, str] = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            gamma,
+            train_freq,
+            gradient_steps,
+            action_noise=None,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            sde_support=False,
+            support_multi_env=True,
+        )
+        if getattr(self, "action_space", None) is not None and not isinstance(self.action_space, spaces.Box):
+            raise TypeError(
+                f"EXPO needs a continuous (Box) action space, got {self.action_space}. Its base policy is a diffusion "
+                "model over real-valued actions; use DQN or PPO for discrete action spaces."
+            )
+        if gradient_steps == 0 or (gradient_steps < 0 and gradient_steps != -1):
+            raise ValueError(f"gradient_steps must be >= 1 (or -1 for one per collected step), got {gradient_steps}")
+        self.base_lr_decay_steps = base_lr_decay_steps
+        self.base_ema_tau = base_ema_tau
+        self.target_entropy = target_entropy
+        self.compile = compile
+        self.diffusion_config = DiffusionConfig(
+            n_diffusion_steps, beta_schedule, beta_min, beta_max, clip_sample, sample_temperature
+        )
+        self.otf_config = OTFConfig(
+            n_action_samples,
+            n_edit_samples,
+            edit_scale,
+            num_min_qs,
+            selection,
+            selection_critic,
+            clip_edited_actions,
+            deterministic_seed,
+        )
+        self.policy_kwargs.update(
+            diffusion=self.diffusion_config,
+            otf=self.otf_config,
+            base_learning_rate=base_learning_rate,
+            base_weight_decay=base_weight_decay,
+            temperature_learning_rate=temperature_learning_rate,
+            initial_temperature=initial_temperature,
+        )
+        self._n_base_updates = 0
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------ setup
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._create_aliases()
+        action_dim = int(np.prod(self.action_space.shape))  # type: ignore[arg-type]
+        if self.target_entropy == "auto":
+            self._target_entropy = -action_dim / 2.0  # EXPO: -|A| / 2
+        else:
+            self._target_entropy = float(self.target_entropy)
+        # Constant scalars kept on the device (no host round trip in the update).
+        self._edit_log_scale = action_dim * math.log(self.otf_config.edit_scale) if self.otf_config.edit_scale > 0 else 0.0
+        self._update_fn = self._update
+        if self.compile:
+            self._update_fn = th.compile(self._update)  # never replaces self.policy: save/load keys stay intact
+
+    def _create_aliases(self) -> None:
+        self.base_policy = self.policy.base_policy
+        self.base_policy_ema = self.policy.base_policy_ema
+        self.edit_policy = self.policy.edit_policy
+        self.q_ensemble = self.policy.q_ensemble
+        self.q_ensemble_target = self.policy.q_ensemble_target
+        self.temperature = self.policy.temperature
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + [
+            "base_policy",
+            "base_policy_ema",
+            "edit_policy",
+            "q_ensemble",
+            "q_ensemble_target",
+            "temperature",
+            "_update_fn",
+        ]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = [
+            "policy",
+            "policy.base_optimizer",
+            "policy.edit_optimizer",
+            "policy.critic_optimizer",
+            "policy.temperature_optimizer",
+        ]
+        return state_dicts, []
+
+    # ------------------------------------------------------------------ schedules
+    def _base_learning_rate(self) -> float:
+        """Cosine decay of the base learning rate (optax.cosine_decay_schedule, alpha=0), per base update."""
+        lr0 = self.policy.optim_kwargs["base_learning_rate"]
+        if not self.base_lr_decay_steps:
+            return lr0
+        progress = min(self._n_base_updates, self.base_lr_decay_steps) / self.base_lr_decay_steps
+        return lr0 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    # ------------------------------------------------------------------ training
+    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        """One env step's worth of updates: ``gradient_steps`` critic updates, then base, edit and temperature once.
+
+        The replay buffer is sampled once for the whole step (``gradient_steps * batch_size`` rows).
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate([self.policy.critic_optimizer, self.policy.edit_optimizer])
+        replay_data = self.replay_buffer.sample(gradient_steps * batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+        stats = self._update_fn(replay_data, gradient_steps, batch_size)
+        self._finish_update(stats, gradient_steps)
+
+    def _update(
+        self,
+        data: ReplayBufferSamples,
+        gradient_steps: int,
+        batch_size: int,
+        update_critic: bool = True,
+        update_base: bool = True,
+        update_edit: bool = True,
+    ) -> dict[str, th.Tensor]:
+        """The EXPO update step on ``gradient_steps`` minibatches of ``batch_size`` rows laid out contiguously.
+
+        Returns detached scalar tensors (reduced on the device: no host sync in here).
+        """
+        policy, otf = self.policy, self.otf_config
+        stats: dict[str, th.Tensor] = {}
+
+        if update_critic:
+            # -- TD-target candidates for every next state of all minibatches, in ONE batched call: the base and edit
+            #    policies do not change during the critic updates below. (Acting uses the EMA base; the target uses the
+            #    online base, as the reference does.)
+            with th.no_grad():
+                next_x = policy.preprocess(data.next_observations)
+                next_candidates = draw_candidates(
+                    policy.base_policy,
+                    policy.edit_policy,
+                    policy.base_policy.features_extractor(next_x),
+                    policy.edit_policy.features_extractor(next_x),
+                    otf,
+                )  # (G*B, K, d)
+            selector = policy.q_ensemble_target if otf.selection_critic == "target" else policy.q_ensemble
+            x = policy.preprocess(data.observations)
+            discounts = data.discounts if data.discounts is not None else self.gamma
+            critic_losses, q_means, edited = [], [], []
+            for g in range(gradient_steps):
+                mb = slice(g * batch_size, (g + 1) * batch_size)
+                with th.no_grad():
+                    # a* = argmax_k min_subset Q_target(s', a_k); y = r + gamma (1 - done) min_subset' Q_target(s', a*)
+                    next_x_mb = _slice_obs(next_x, mb)
+                    target = policy.q_ensemble_target
+                    y, chosen = td_target(
+                        selector,
+                        target,
+                        selector.features_extractor(next_x_mb),
+                        target.features_extractor(next_x_mb),
+                        next_candidates[mb],
+                        data.rewards[mb].flatten(),
+                        data.dones[mb].flatten(),
+                        discounts[mb].flatten() if isinstance(discounts, th.Tensor) else discounts,
+                        otf,
+                    )
+                # critic loss: mean over ensemble members and batch of (Q_i(s, a) - y)^2
+                qs = policy.q_ensemble(policy.q_ensemble.features_extractor(_slice_obs(x, mb)), data.actions[mb])
+                critic_loss = (qs - y).pow(2).mean()
+                policy.critic_optimizer.zero_grad(set_to_none=True)
+                critic_loss.backward()
+                policy.critic_optimizer.step()
+                # theta_target <- (1 - tau) theta_target + tau theta, one fused op over all stacked parameters
+                polyak_(policy.q_ensemble_target, policy.q_ensemble, self.tau)
+                critic_losses.append(critic_loss.detach())
+                q_means.append(qs.detach().mean())
+                edited.append((chosen.index >= otf.n_action_samples).float().mean())
+            stats["critic_loss"] = th.stack(critic_losses).mean()
+            stats["q_mean"] = th.stack(q_means).mean()
+            stats["edited_fraction_target"] = th.stack(edited).mean()
+
+        # -- base, edit and temperature: once per env step, on the last minibatch (as the reference)
+        last = slice((gradient_steps - 1) * batch_size, gradient_steps * batch_size)
+        x_last = _slice_obs(policy.preprocess(data.observations), last)
+        actions_last = data.actions[last]
+
+        if update_base:
+            # denoising loss: || eps - eps_theta(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t) ||^2
+            base_loss = policy.base_policy.loss(policy.base_policy.features_extractor(x_last), actions_last)
+            policy.base_optimizer.zero_grad(set_to_none=True)
+            base_loss.backward()
+            policy.base_optimizer.step()
+            polyak_(policy.base_policy_ema, policy.base_policy, self.base_ema_tau)
+            stats["base_loss"] = base_loss.detach()
+
+        if update_edit and otf.uses_edit_policy:
+            # edit loss: E[ alpha (log pi(u|s,a) - d log beta) - mean_i Q_i(s, a + beta tanh u) ], a = replay action
+            alpha = policy.temperature().detach()
+            tanh_u, log_prob = policy.edit_policy.sample(policy.edit_policy.features_extractor(x_last), actions_last)
+            edited_actions = actions_last + otf.edit_scale * tanh_u
+            if otf.clip_edited_actions:
+                edited_actions = edited_actions.clamp(-1.0, 1.0)
+            q_edit = policy.q_ensemble(policy.q_ensemble.features_extractor(x_last), edited_actions).mean(dim=0)
+            edit_loss = (alpha * (log_prob - self._edit_log_scale) - q_edit).mean()
+            edit_params = list(policy.edit_policy.parameters())
+            policy.edit_optimizer.zero_grad(set_to_none=True)
+            edit_loss.backward(inputs=edit_params)  # the critic gets no gradient from the edit loss
+            policy.edit_optimizer.step()
+            # temperature: alpha (H - H_target), H estimated by -log pi in tanh space (see docs/arguments.md)
+            entropy = -log_prob.detach()
+            temperature_loss = policy.temperature.loss(entropy, self._target_entropy)
+            policy.temperature_optimizer.zero_grad(set_to_none=True)
+            temperature_loss.backward()
+            policy.temperature_optimizer.step()
+            stats["edit_loss"] = edit_loss.detach()
+            stats["temperature_loss"] = temperature_loss.detach()
+            stats["edit_entropy"] = entropy.mean()
+            stats["temperature"] = alpha
+        return stats
+
+    def _finish_update(self, stats: dict[str, th.Tensor], gradient_steps: int, prefix: str = "train") -> None:
+        """Bookkeeping after an update: ONE host transfer for the NaN check and the logs, then LR schedules."""
+        names = list(stats)
+        values = th.stack([stats[k].float() for k in names]).cpu().numpy() if names else np.zeros(0)
+        bad = [n for n, v in zip(names, values) if not np.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"EXPO: {', '.join(bad)} became NaN/inf at update {self._n_updates} (env step {self.num_timesteps}). "
+                "Check the data for NaN/inf (observations, rewards), lower the learning rates, or normalise large "
+                "rewards/observations (e.g. VecNormalize)."
+            )
+        if "critic_loss" in stats:
+            self._n_updates += gradient_steps
+        if "base_loss" in stats:
+            self._n_base_updates += 1
+            for group in self.policy.base_optimizer.param_groups:
+                group["lr"] = self._base_learning_rate()
+        self.logger.record(f"{prefix}/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record(f"{prefix}/base_learning_rate", self._base_learning_rate())
+        for name, value in zip(names, values):
+            self.logger.record(f"{prefix}/{name}", float(value))
+
+    # ------------------------------------------------------------------ offline-to-online
+    def pretrain(
+        self: SelfEXPO,
+        n_steps: int,
+        batch_size: Optional[int] = None,
+        train_critic: bool = False,
+        train_edit: bool = False,
+        gradient_steps: int = 1,
+        progress_bar: bool = True,
+        log_interval: int = 1000,
+        tb_log_name: str = "pretrain",
+    ) -> SelfEXPO:
+        """Offline pretraining on the replay buffer's offline part (EXPO's offline-to-online setting).
+
+        By default only the base policy is pretrained (the paper: critic and edit policy start from scratch online).
+
+        :param n_steps: number of pretraining steps (each: ``gradient_steps`` critic updates if ``train_critic``, one
+            base update, one edit update if ``train_edit``).
+        :param batch_size: minibatch size (default: the model's ``batch_size``).
+        :param train_critic: also run critic updates (OTF TD targets on offline transitions).
+        :param train_edit: also train the edit policy and temperature (needs a critic: implies ``train_critic``).
+        :param gradient_steps: critic updates per pretraining step when ``train_critic``.
+        :param progress_bar: show a progress bar (tqdm).
+        :param log_interval: dump the logs every this many steps.
+        :param tb_log_name: TensorBoard run name.
+        :return: self
+        """
+        buffer = self.replay_buffer
+        if not hasattr(buffer, "sample_offline"):
+            raise TypeError(
+                f"pretrain() needs a replay buffer with an offline part, got {type(buffer).__name__}. Pass e.g. "
+                "replay_buffer_class=sb3_expo.wrappers.MinariReplayBuffer, replay_buffer_kwargs=dict(dataset_id=...)."
+            )
+        batch_size = batch_size or self.batch_size
+        train_critic = train_critic or train_edit
+        if not hasattr(self, "_logger"):  # learn() sets the logger up; pretrain() may come first
+            self._logger = configure_logger(self.verbose, self.tensorboard_log, tb_log_name, True)
+        iterator: Any = range(n_steps)
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc="EXPO pretrain", unit="step")
+        self.policy.set_training_mode(True)
+        g = gradient_steps if train_critic else 1
+        for step in iterator:
+            data = buffer.sample_offline(g * batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            stats = self._update(data, g, batch_size, update_critic=train_critic, update_base=True, update_edit=train_edit)
+            self._finish_update(stats, g, prefix="pretrain")
+            if (step + 1) % log_interval == 0 or step + 1 == n_steps:
+                self.logger.record("pretrain/steps", step + 1)
+                self.logger.dump(step=step + 1)
+        self.policy.set_training_mode(False)
+        return self
+
+    # ------------------------------------------------------------------ save / load
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfEXPO],
+        path: Union[str, pathlib.Path, Any],
+        env: Optional[GymEnv] = None,
+        device: Union[th.device, str] = "auto",
+        custom_objects: Optional[dict[str, Any]] = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfEXPO:
+        """Load an EXPO model from a ``.zip`` checkpoint; a corrupt or non-EXPO file raises a clear ``ValueError``."""
+        _check_expo_checkpoint(path)
+        return super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
+
+    def learn(
+        self: SelfEXPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "EXPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfEXPO:
+        """Train online (see SB3's ``learn``)."""
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+@th.no_grad()
+def polyak_(target: th.nn.Module, source: th.nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) target + tau source`` for every parameter, as one fused foreach op."""
+    th._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def _slice_obs(obs: Any, rows: slice) -> Any:
+    """Slice a tensor or a dict of tensors along the batch axis."""
+    if isinstance(obs, dict):
+        return {k: v[rows] for k, v in obs.items()}
+    return obs[rows]
+
+
+def _check_expo_checkpoint(path: Any) -> None:
+    """Fail early, with a message that names the problem, on a file that is not an EXPO checkpoint."""
+    if not isinstance(path, (str, pathlib.Path)):
+        return  # file-like objects: let SB3 read them
+    path = pathlib.Path(path)
+    if not path.exists() and path.with_suffix(".zip").exists():
+        path = path.with_suffix(".zip")
+    if not path.exists():
+        raise FileNotFoundError(f"No EXPO checkpoint at '{path}' (also tried '{path}.zip').")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "data" not in archive.namelist():
+                raise ValueError(f"'{path}' is a zip file but not an SB3 checkpoint (it has no 'data' entry).")
+            data = json.loads(archive.read("data"))
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except zipfile.BadZipFile as e:
+        raise ValueError(
+            f"'{path}' is not a valid SB3/EXPO checkpoint: it is not a readable zip file ({e}). The file may be "
+            "truncated or corrupt; re-save the model with model.save()."
+        ) from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"'{path}' has a corrupt 'data' entry ({e}); re-save the model with model.save().") from e
+    if bad is not None:
+        raise ValueError(f"'{path}' is corrupt: member '{bad}' fails its CRC check. Re-save the model with model.save().")
+    # Every EXPO checkpoint stores the base policy's optimiser; no other SB3 algorithm does.
+    if "policy.base_optimizer.pth" not in names:
+        policy_class = data.get("policy_class", {})
+        raise ValueError(
+            f"'{path}' is not an EXPO checkpoint (its policy class comes from module "
+            f"'{policy_class.get('__module__', '?')}' and it has no EXPO base-policy optimiser). Load it with the "
+            "algorithm that saved it (e.g. SAC.load)."
+        )

@@ -1,0 +1,306 @@
+"""EXPOPolicy: the networks and optimisers of EXPO, and the on-the-fly policy used to act.
+
+The policy holds four parts, each its own module (none is called ``actor``: EXPO's action is not the output of
+one network, so SB3's ``policy.actor`` contract would not hold):
+
+1. ``base_policy``: the diffusion base policy (+ ``base_policy_ema``, the EMA copy used to act);
+2. ``edit_policy``: the Gaussian edit policy;
+3. ``q_ensemble``: the batched Q ensemble (+ ``q_ensemble_target``, its Polyak copy);
+4. ``temperature``: the SAC-style entropy temperature of the edit policy.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from typing import Any, Optional, Sequence
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+from sb3_expo.config import DiffusionConfig, OTFConfig
+from sb3_expo.otf import Selection, draw_candidates, select_candidates
+from sb3_expo.parts import DiffusionBasePolicy, EditPolicy, QEnsemble, Temperature
+
+
+class EXPOPolicy(BasePolicy):
+    """Policy class of EXPO (networks, optimisers, action selection).
+
+    :param observation_space: observation space.
+    :param action_space: action space (Box).
+    :param lr_schedule: learning-rate schedule of the critic and the edit policy (SB3 convention).
+    :param diffusion: schedule and sampler of the base policy (:class:`~sb3_expo.config.DiffusionConfig`).
+    :param otf: the on-the-fly policy's settings (:class:`~sb3_expo.config.OTFConfig`).
+    :param base_hidden_dim: width of the base network's residual stream (256).
+    :param base_n_blocks: residual blocks of the base network (3).
+    :param base_time_dim: Fourier time features (128; the time MLP is twice as wide).
+    :param base_dropout: dropout in the base network's blocks (0.0).
+    :param base_layer_norm: LayerNorm in the base network's blocks (True).
+    :param edit_net_arch: hidden widths of the edit policy (256, 256, 256).
+    :param edit_dropout: dropout of the edit policy (0.0; 0.1 on Adroit).
+    :param edit_log_std_bounds: clip range of the edit policy's log-std ((-20, 2)).
+    :param critic_net_arch: hidden widths of each critic (256, 256, 256).
+    :param n_critics: ensemble size (10).
+    :param critic_layer_norm: LayerNorm after each hidden critic layer (True).
+    :param critic_dropout: dropout in the critics (0.0).
+    :param base_learning_rate: initial learning rate of the base policy's AdamW (3e-4; cosine decay is applied by
+        the algorithm).
+    :param base_weight_decay: AdamW weight decay (1e-4, optax's default).
+    :param temperature_learning_rate: Adam learning rate of the temperature (3e-4).
+    :param initial_temperature: initial alpha (1.0).
+    :param features_extractor_class: SB3 features extractor class (one instance per part).
+    :param features_extractor_kwargs: its kwargs.
+    :param normalize_images: divide image observations by 255.
+    :param optimizer_class: optimiser of the critic, edit policy and temperature (Adam).
+    :param optimizer_kwargs: its extra kwargs.
+    """
+
+    base_policy: DiffusionBasePolicy
+    base_policy_ema: DiffusionBasePolicy
+    edit_policy: EditPolicy
+    q_ensemble: QEnsemble
+    q_ensemble_target: QEnsemble
+    temperature: Temperature
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        diffusion: DiffusionConfig = DiffusionConfig(),
+        otf: OTFConfig = OTFConfig(),
+        base_hidden_dim: int = 256,
+        base_n_blocks: int = 3,
+        base_time_dim: int = 128,
+        base_dropout: float = 0.0,
+        base_layer_norm: bool = True,
+        edit_net_arch: Sequence[int] = (256, 256, 256),
+        edit_dropout: float = 0.0,
+        edit_log_std_bounds: tuple[float, float] = (-20.0, 2.0),
+        critic_net_arch: Sequence[int] = (256, 256, 256),
+        n_critics: int = 10,
+        critic_layer_norm: bool = True,
+        critic_dropout: float = 0.0,
+        base_learning_rate: float = 3e-4,
+        base_weight_decay: float = 1e-4,
+        temperature_learning_rate: float = 3e-4,
+        initial_temperature: float = 1.0,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: Optional[dict[str, Any]] = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: Optional[dict[str, Any]] = None,
+    ):
+        if not isinstance(action_space, spaces.Box):
+            raise TypeError(
+                f"EXPO needs a continuous (Box) action space, got {type(action_space).__name__}: its base policy is a "
+                "diffusion model over real-valued actions. Use DQN/PPO for discrete actions."
+            )
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor_class,
+            features_extractor_kwargs,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            normalize_images=normalize_images,
+            squash_output=True,
+        )
+        if isinstance(diffusion, dict):
+            diffusion = DiffusionConfig(**diffusion)
+        if isinstance(otf, dict):
+            otf = OTFConfig(**otf)
+        if otf.num_min_qs > n_critics:
+            raise ValueError(f"num_min_qs={otf.num_min_qs} cannot exceed n_critics={n_critics}")
+        self.diffusion = diffusion
+        self.otf = otf
+        self.net_kwargs = dict(
+            base_hidden_dim=base_hidden_dim,
+            base_n_blocks=base_n_blocks,
+            base_time_dim=base_time_dim,
+            base_dropout=base_dropout,
+            base_layer_norm=base_layer_norm,
+            edit_net_arch=list(edit_net_arch),
+            edit_dropout=edit_dropout,
+            edit_log_std_bounds=tuple(edit_log_std_bounds),
+            critic_net_arch=list(critic_net_arch),
+            n_critics=n_critics,
+            critic_layer_norm=critic_layer_norm,
+            critic_dropout=critic_dropout,
+        )
+        self.optim_kwargs = dict(
+            base_learning_rate=base_learning_rate,
+            base_weight_decay=base_weight_decay,
+            temperature_learning_rate=temperature_learning_rate,
+            initial_temperature=initial_temperature,
+        )
+        self._build(lr_schedule)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        action_dim = int(self.action_space.shape[0])  # type: ignore[index]
+        nk = self.net_kwargs
+
+        base_fe = self.make_features_extractor()
+        self.base_policy = DiffusionBasePolicy(
+            base_fe.features_dim,
+            action_dim,
+            n_diffusion_steps=self.diffusion.n_diffusion_steps,
+            beta_schedule=self.diffusion.beta_schedule,
+            beta_min=self.diffusion.beta_min,
+            beta_max=self.diffusion.beta_max,
+            clip_sample=self.diffusion.clip_sample,
+            sample_temperature=self.diffusion.sample_temperature,
+            net_kwargs=dict(
+                hidden_dim=nk["base_hidden_dim"],
+                n_blocks=nk["base_n_blocks"],
+                time_dim=nk["base_time_dim"],
+                dropout=nk["base_dropout"],
+                layer_norm=nk["base_layer_norm"],
+            ),
+            features_extractor=base_fe,
+        )
+        self.base_policy_ema = copy.deepcopy(self.base_policy)
+        self.base_policy_ema.requires_grad_(False)
+
+        edit_fe = self.make_features_extractor()
+        log_std_min, log_std_max = nk["edit_log_std_bounds"]
+        self.edit_policy = EditPolicy(
+            edit_fe.features_dim,
+            action_dim,
+            net_arch=nk["edit_net_arch"],
+            dropout=nk["edit_dropout"],
+            log_std_min=log_std_min,
+            log_std_max=log_std_max,
+            features_extractor=edit_fe,
+        )
+
+        critic_fe = self.make_features_extractor()
+        self.q_ensemble = QEnsemble(
+            critic_fe.features_dim + action_dim,
+            n_critics=nk["n_critics"],
+            net_arch=nk["critic_net_arch"],
+            layer_norm=nk["critic_layer_norm"],
+            dropout=nk["critic_dropout"],
+            features_extractor=critic_fe,
+        )
+        self.q_ensemble_target = copy.deepcopy(self.q_ensemble)
+        self.q_ensemble_target.requires_grad_(False)
+
+        self.temperature = Temperature(self.optim_kwargs["initial_temperature"])
+
+        # Optimisers (the policy owns them, SB3 style). Base: AdamW (cosine decay applied by the algorithm).
+        self.base_optimizer = th.optim.AdamW(
+            self.base_policy.parameters(),
+            lr=self.optim_kwargs["base_learning_rate"],
+            weight_decay=self.optim_kwargs["base_weight_decay"],
+        )
+        self.edit_optimizer = self.optimizer_class(
+            self.edit_policy.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs  # type: ignore[call-arg]
+        )
+        self.critic_optimizer = self.optimizer_class(
+            self.q_ensemble.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs  # type: ignore[call-arg]
+        )
+        self.temperature_optimizer = self.optimizer_class(
+            self.temperature.parameters(), lr=self.optim_kwargs["temperature_learning_rate"], **self.optimizer_kwargs  # type: ignore[call-arg]
+        )
+        self.set_training_mode(False)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                diffusion=asdict(self.diffusion),
+                otf=asdict(self.otf),
+                **self.net_kwargs,
+                **self.optim_kwargs,
+                lr_schedule=self._dummy_schedule,
+                features_extractor_class=self.features_extractor_class,
+                features_extractor_kwargs=self.features_extractor_kwargs,
+                optimizer_class=self.optimizer_class,
+                optimizer_kwargs=self.optimizer_kwargs,
+            )
+        )
+        return data
+
+    # ------------------------------------------------------------------ features
+    def preprocess(self, obs: PyTorchObs) -> PyTorchObs:
+        """SB3 preprocessing (image scaling, one-hot), shared by every part's features extractor."""
+        return preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ modes
+    def set_training_mode(self, mode: bool) -> None:
+        """Train/eval mode of the learned parts; the EMA and target copies always run in eval mode."""
+        super().set_training_mode(mode)
+        self.base_policy_ema.train(False)
+        self.q_ensemble_target.train(False)
+
+    # ------------------------------------------------------------------ the on-the-fly policy
+    def otf_select(
+        self,
+        obs: PyTorchObs,
+        use_ema_base: bool = True,
+        deterministic: bool = False,
+        generator: Optional[th.Generator] = None,
+    ) -> Selection:
+        """Run the whole on-the-fly policy on a batch of raw observations.
+
+        :param obs: observations as tensors (not yet preprocessed).
+        :param use_ema_base: sample from the EMA base policy (acting) or the online one (TD target).
+        :param deterministic: edits at their mean (and the caller passes a seeded generator).
+        :param generator: random generator for the sampling noise and critic subset.
+        """
+        x = self.preprocess(obs)
+        base = self.base_policy_ema if use_ema_base else self.base_policy
+        candidates = draw_candidates(
+            base,
+            self.edit_policy,
+            base.features_extractor(x),
+            self.edit_policy.features_extractor(x),
+            self.otf,
+            deterministic=deterministic,
+            generator=generator,
+        )
+        critic = self.q_ensemble_target if self.otf.selection_critic == "target" else self.q_ensemble
+        return select_candidates(critic, critic.features_extractor(x), candidates, self.otf, generator)
+
+    def deterministic_generator(self) -> th.Generator:
+        """A freshly seeded generator: the same observation and parameters always give the same action."""
+        generator = th.Generator(device=self.device)
+        generator.manual_seed(self.otf.deterministic_seed)
+        return generator
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self._predict(obs, deterministic=deterministic)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        """Act with the OTF policy on the EMA base policy; actions in [-1, 1] (unscaled by ``predict``)."""
+        generator = self.deterministic_generator() if deterministic else None
+        actions = self.otf_select(observation, use_ema_base=True, deterministic=deterministic, generator=generator).actions
+        # Edited actions may leave [-1, 1] when clip_edited_actions=False; what goes to the env never does.
+        return actions.clamp(-1.0, 1.0)
+
+
+MlpPolicy = EXPOPolicy
+
+
+class MultiInputPolicy(EXPOPolicy):
+    """EXPOPolicy for Dict observation spaces (SB3's ``CombinedExtractor`` per part).
+
+    :param features_extractor_class: defaults to :class:`~stable_baselines3.common.torch_layers.CombinedExtractor`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+        **kwargs: Any,
+    ):
+        super().__init__(observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs)
+

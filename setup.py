@@ -1,0 +1,44 @@
+"""sb3-expo: EXPO (Expressive Policy Optimization) for Stable-Baselines3."""
+
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+extras = {
+    # Offline datasets: reading Minari needs only h5py; writing one (the demo datasets) needs minari[create].
+    "minari": ["minari[create,hdf5]>=0.5.0", "h5py>=3.8"],
+    # robomimic is installed without its dependencies in .ci/run (its torchvision pin would replace a CPU torch
+    # with a CUDA build); these are the light packages its dataset utilities need.
+    "robomimic": ["h5py>=3.8", "psutil", "termcolor", "tensorboardX", "imageio", "imageio-ffmpeg"],
+    "zoo": ["rl_zoo3>=2.3.0", "optuna", "pyyaml"],
+    "bench": ["matplotlib", "rliable", "pandas"],
+    "mujoco": ["gymnasium[mujoco]>=1.0.0", "gymnasium-robotics>=1.3.0"],
+    "tests": ["pytest", "pytest-timeout", "tensorboard", "tqdm", "rich"],
+}
+extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
+
+setup(
+    name="sb3-expo",
+    version="0.1.0",
+    description="EXPO (Expressive Policy Optimization) for Stable-Baselines3: diffusion base policy + Gaussian edit "
+    "policy + Q ensemble, with Minari/robomimic offline data and RL Zoo training.",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["sb3_expo", "sb3_expo.*"]),
+    package_data={"sb3_expo": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=[
+        # A wide range on purpose: a GPU user must get their own CUDA build of torch.
+        "torch>=2.1",
+        "gymnasium>=0.29.1",
+        "stable-baselines3>=2.3.0",
+        "sb3-contrib>=2.3.0",
+        "numpy>=1.24",
+        "tqdm",
+        "rich",
+    ],
+    extras_require=extras,
+    license="MIT",
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
+)
