@@ -20,6 +20,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import configure_logger
+from torch.profiler import record_function
 
 from sb3_expo.config import DiffusionConfig, OTFConfig
 from sb3_expo.otf import draw_candidates, td_target
@@ -81,7 +82,10 @@ class EXPO(OffPolicyAlgorithm):
     :param replay_buffer_class: replay buffer class, e.g. :class:`sb3_expo.wrappers.MinariReplayBuffer`.
     :param replay_buffer_kwargs: its kwargs (e.g. ``dict(dataset_id=..., offline_fraction=0.5)``).
     :param optimize_memory_usage: SB3's memory-efficient replay buffer.
-    :param compile: ``torch.compile`` the update step and the acting path (opt-in).
+    :param compile: ``torch.compile`` the update's forward computations and the acting path (opt-in; fixed shapes,
+        CUDA graphs on CUDA). The first calls pay the compilation (tens of seconds on a CPU).
+    :param mixed_precision: bf16 autocast for the diffusion network (sampling and denoising loss). Meant for CUDA;
+        off by default. Critic, edit policy and temperature stay in float32.
     :param policy_kwargs: network sizes and optimiser options (see :class:`EXPOPolicy`).
     :param stats_window_size: episodes averaged for the rollout logs.
     :param tensorboard_log: TensorBoard log folder.
@@ -134,6 +138,7 @@ class EXPO(OffPolicyAlgorithm):
         replay_buffer_kwargs: Optional[dict[str, Any]] = None,
         optimize_memory_usage: bool = False,
         compile: bool = False,
+        mixed_precision: bool = False,
         policy_kwargs: Optional[dict[str, Any]] = None,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
@@ -177,6 +182,7 @@ class EXPO(OffPolicyAlgorithm):
         self.base_ema_tau = base_ema_tau
         self.target_entropy = target_entropy
         self.compile = compile
+        self.mixed_precision = mixed_precision
         self.diffusion_config = DiffusionConfig(
             n_diffusion_steps, beta_schedule, beta_min, beta_max, clip_sample, sample_temperature
         )
@@ -211,11 +217,31 @@ class EXPO(OffPolicyAlgorithm):
             self._target_entropy = -action_dim / 2.0  # EXPO: -|A| / 2
         else:
             self._target_entropy = float(self.target_entropy)
-        # Constant scalars kept on the device (no host round trip in the update).
         self._edit_log_scale = action_dim * math.log(self.otf_config.edit_scale) if self.otf_config.edit_scale > 0 else 0.0
-        self._update_fn = self._update
+        self._build_step_functions()
+
+    def _build_step_functions(self) -> None:
+        """The forward computations of the update (and of acting), optionally ``torch.compile``-d.
+
+        Compiling never replaces ``self.policy``: SB3's save/load would break on the renamed keys of compiled
+        modules. Shapes are fixed (``dynamic=False``): one graph per function, no recompilation once warm. On CUDA
+        ``mode="reduce-overhead"`` also captures CUDA graphs.
+        """
+        self._fns = dict(
+            next_candidates=self._next_candidates,
+            critic_loss=self._critic_loss,
+            base_loss=self._base_loss,
+            edit_loss=self._edit_loss,
+        )
+        self.policy._act_fn = None
         if self.compile:
-            self._update_fn = th.compile(self._update)  # never replaces self.policy: save/load keys stay intact
+            import torch._inductor.config as inductor_config
+
+            # Random ops use the eager generator: compiled and eager runs draw the same numbers for the same seed.
+            inductor_config.fallback_random = True
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._fns = {name: th.compile(fn, mode=mode, dynamic=False) for name, fn in self._fns.items()}
+            self.policy._act_fn = th.compile(self.policy.otf_act, mode=mode, dynamic=False)
 
     def _create_aliases(self) -> None:
         self.base_policy = self.policy.base_policy
@@ -233,7 +259,7 @@ class EXPO(OffPolicyAlgorithm):
             "q_ensemble",
             "q_ensemble_target",
             "temperature",
-            "_update_fn",
+            "_fns",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
@@ -263,10 +289,85 @@ class EXPO(OffPolicyAlgorithm):
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate([self.policy.critic_optimizer, self.policy.edit_optimizer])
-        replay_data = self.replay_buffer.sample(gradient_steps * batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-        stats = self._update_fn(replay_data, gradient_steps, batch_size)
+        with record_function("expo/sample_buffer"):
+            replay_data = self.replay_buffer.sample(gradient_steps * batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+        stats = self._update(replay_data, gradient_steps, batch_size)
         self._finish_update(stats, gradient_steps)
 
+    # -- the forward computations of one update (pure functions of tensors: the unit of torch.compile) --------------
+    def _autocast(self) -> Any:
+        """bf16 autocast for the diffusion network when ``mixed_precision`` (meant for CUDA), else a no-op."""
+        return th.autocast(self.device.type, dtype=th.bfloat16, enabled=self.mixed_precision)
+
+    def _next_candidates(self, next_obs: Any) -> th.Tensor:
+        """OTF candidates (N base samples from the ONLINE base + their edits) for every next state, (M, K, d)."""
+        policy = self.policy
+        with th.no_grad():
+            x = policy.preprocess(next_obs)
+            with self._autocast():
+                candidates = draw_candidates(
+                    policy.base_policy,
+                    policy.edit_policy,
+                    policy.base_policy.features_extractor(x),
+                    policy.edit_policy.features_extractor(x),
+                    self.otf_config,
+                )
+            return candidates.float()
+
+    def _critic_loss(
+        self,
+        obs: Any,
+        actions: th.Tensor,
+        next_obs: Any,
+        rewards: th.Tensor,
+        dones: th.Tensor,
+        discounts: Union[th.Tensor, float],
+        next_candidates: th.Tensor,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Critic loss of one minibatch: mean over members and rows of (Q_i(s, a) - y)^2 with EXPO's OTF target."""
+        policy, otf = self.policy, self.otf_config
+        selector = policy.q_ensemble_target if otf.selection_critic == "target" else policy.q_ensemble
+        target = policy.q_ensemble_target
+        with th.no_grad():
+            next_x = policy.preprocess(next_obs)
+            # a* = argmax_k min_{S1} Q_sel(s', a_k);  y = r + gamma (1 - done) min_{S2} Q_target(s', a*)
+            y, chosen = td_target(
+                selector,
+                target,
+                selector.features_extractor(next_x),
+                target.features_extractor(next_x),
+                next_candidates,
+                rewards,
+                dones,
+                discounts,
+                otf,
+            )
+        critic = policy.q_ensemble
+        qs = critic(critic.features_extractor(policy.preprocess(obs)), actions)  # (E, B): all members, one forward
+        edited = (chosen.index >= otf.n_action_samples).float().mean()
+        return (qs - y).pow(2).mean(), qs.detach().mean(), edited
+
+    def _base_loss(self, obs: Any, actions: th.Tensor) -> th.Tensor:
+        """Denoising loss || eps - eps_theta(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t) ||^2 (imitation only)."""
+        base = self.policy.base_policy
+        with self._autocast():
+            return base.loss(base.features_extractor(self.policy.preprocess(obs)), actions).float()
+
+    def _edit_loss(self, obs: Any, actions: th.Tensor, alpha: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """Edit loss E[alpha (log pi(u|s,a) - d log beta) - mean_i Q_i(s, a + beta tanh u)] on replay actions a.
+
+        :return: the loss and the entropy estimate ``-log pi`` (tanh space, detached) for the temperature.
+        """
+        policy, otf = self.policy, self.otf_config
+        x = policy.preprocess(obs)
+        tanh_u, log_prob = policy.edit_policy.sample(policy.edit_policy.features_extractor(x), actions)
+        edited = actions + otf.edit_scale * tanh_u
+        if otf.clip_edited_actions:
+            edited = edited.clamp(-1.0, 1.0)
+        q = policy.q_ensemble(policy.q_ensemble.features_extractor(x), edited).mean(dim=0)  # mean over ALL critics
+        return (alpha * (log_prob - self._edit_log_scale) - q).mean(), -log_prob.detach()
+
+    # -- the update step: EXPO's pseudocode, top to bottom ------------------------------------------------------------
     def _update(
         self,
         data: ReplayBufferSamples,
@@ -276,99 +377,76 @@ class EXPO(OffPolicyAlgorithm):
         update_base: bool = True,
         update_edit: bool = True,
     ) -> dict[str, th.Tensor]:
-        """The EXPO update step on ``gradient_steps`` minibatches of ``batch_size`` rows laid out contiguously.
+        """The EXPO update on ``gradient_steps`` minibatches of ``batch_size`` rows laid out contiguously in ``data``.
 
-        Returns detached scalar tensors (reduced on the device: no host sync in here).
+        Returns detached scalar tensors, reduced on the device: no host sync in here.
         """
-        policy, otf = self.policy, self.otf_config
+        policy, fns = self.policy, self._fns
         stats: dict[str, th.Tensor] = {}
+        discounts = data.discounts if data.discounts is not None else self.gamma
 
         if update_critic:
-            # -- TD-target candidates for every next state of all minibatches, in ONE batched call: the base and edit
-            #    policies do not change during the critic updates below. (Acting uses the EMA base; the target uses the
-            #    online base, as the reference does.)
-            with th.no_grad():
-                next_x = policy.preprocess(data.next_observations)
-                next_candidates = draw_candidates(
-                    policy.base_policy,
-                    policy.edit_policy,
-                    policy.base_policy.features_extractor(next_x),
-                    policy.edit_policy.features_extractor(next_x),
-                    otf,
-                )  # (G*B, K, d)
-            selector = policy.q_ensemble_target if otf.selection_critic == "target" else policy.q_ensemble
-            x = policy.preprocess(data.observations)
-            discounts = data.discounts if data.discounts is not None else self.gamma
-            critic_losses, q_means, edited = [], [], []
+            # 1. OTF candidates for the next states of ALL minibatches in one batched call: the base and edit policies
+            #    do not change during the critic updates of one env step.
+            with record_function("expo/td_candidates"):
+                next_candidates = fns["next_candidates"](data.next_observations)
+            # 2. gradient_steps critic updates; only the argmax over candidates uses the current target critic.
+            losses, q_means, edited = [], [], []
             for g in range(gradient_steps):
-                mb = slice(g * batch_size, (g + 1) * batch_size)
-                with th.no_grad():
-                    # a* = argmax_k min_subset Q_target(s', a_k); y = r + gamma (1 - done) min_subset' Q_target(s', a*)
-                    next_x_mb = _slice_obs(next_x, mb)
-                    target = policy.q_ensemble_target
-                    y, chosen = td_target(
-                        selector,
-                        target,
-                        selector.features_extractor(next_x_mb),
-                        target.features_extractor(next_x_mb),
-                        next_candidates[mb],
+                with record_function("expo/critic_update"):
+                    mb = slice(g * batch_size, (g + 1) * batch_size)
+                    loss, q_mean, edited_fraction = fns["critic_loss"](
+                        _slice_obs(data.observations, mb),
+                        data.actions[mb],
+                        _slice_obs(data.next_observations, mb),
                         data.rewards[mb].flatten(),
                         data.dones[mb].flatten(),
                         discounts[mb].flatten() if isinstance(discounts, th.Tensor) else discounts,
-                        otf,
+                        next_candidates[mb],
                     )
-                # critic loss: mean over ensemble members and batch of (Q_i(s, a) - y)^2
-                qs = policy.q_ensemble(policy.q_ensemble.features_extractor(_slice_obs(x, mb)), data.actions[mb])
-                critic_loss = (qs - y).pow(2).mean()
-                policy.critic_optimizer.zero_grad(set_to_none=True)
-                critic_loss.backward()
-                policy.critic_optimizer.step()
-                # theta_target <- (1 - tau) theta_target + tau theta, one fused op over all stacked parameters
-                polyak_(policy.q_ensemble_target, policy.q_ensemble, self.tau)
-                critic_losses.append(critic_loss.detach())
-                q_means.append(qs.detach().mean())
-                edited.append((chosen.index >= otf.n_action_samples).float().mean())
-            stats["critic_loss"] = th.stack(critic_losses).mean()
+                    policy.critic_optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    policy.critic_optimizer.step()
+                    # theta' <- (1 - tau) theta' + tau theta: one fused op over the stacked parameters
+                    polyak_(policy.q_ensemble_target, policy.q_ensemble, self.tau)
+                    losses.append(loss.detach())
+                    q_means.append(q_mean)
+                    edited.append(edited_fraction)
+            stats["critic_loss"] = th.stack(losses).mean()
             stats["q_mean"] = th.stack(q_means).mean()
             stats["edited_fraction_target"] = th.stack(edited).mean()
 
-        # -- base, edit and temperature: once per env step, on the last minibatch (as the reference)
+        # 3. base, edit and temperature: once per env step, on the last minibatch (as the reference).
         last = slice((gradient_steps - 1) * batch_size, gradient_steps * batch_size)
-        x_last = _slice_obs(policy.preprocess(data.observations), last)
-        actions_last = data.actions[last]
-
+        obs_last, actions_last = _slice_obs(data.observations, last), data.actions[last]
         if update_base:
-            # denoising loss: || eps - eps_theta(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t) ||^2
-            base_loss = policy.base_policy.loss(policy.base_policy.features_extractor(x_last), actions_last)
-            policy.base_optimizer.zero_grad(set_to_none=True)
-            base_loss.backward()
-            policy.base_optimizer.step()
-            polyak_(policy.base_policy_ema, policy.base_policy, self.base_ema_tau)
-            stats["base_loss"] = base_loss.detach()
+            with record_function("expo/base_update"):
+                base_loss = fns["base_loss"](obs_last, actions_last)
+                policy.base_optimizer.zero_grad(set_to_none=True)
+                base_loss.backward()
+                policy.base_optimizer.step()
+                polyak_(policy.base_policy_ema, policy.base_policy, self.base_ema_tau)  # EMA copy used to act
+                stats["base_loss"] = base_loss.detach()
 
-        if update_edit and otf.uses_edit_policy:
-            # edit loss: E[ alpha (log pi(u|s,a) - d log beta) - mean_i Q_i(s, a + beta tanh u) ], a = replay action
-            alpha = policy.temperature().detach()
-            tanh_u, log_prob = policy.edit_policy.sample(policy.edit_policy.features_extractor(x_last), actions_last)
-            edited_actions = actions_last + otf.edit_scale * tanh_u
-            if otf.clip_edited_actions:
-                edited_actions = edited_actions.clamp(-1.0, 1.0)
-            q_edit = policy.q_ensemble(policy.q_ensemble.features_extractor(x_last), edited_actions).mean(dim=0)
-            edit_loss = (alpha * (log_prob - self._edit_log_scale) - q_edit).mean()
-            edit_params = list(policy.edit_policy.parameters())
-            policy.edit_optimizer.zero_grad(set_to_none=True)
-            edit_loss.backward(inputs=edit_params)  # the critic gets no gradient from the edit loss
-            policy.edit_optimizer.step()
-            # temperature: alpha (H - H_target), H estimated by -log pi in tanh space (see docs/arguments.md)
-            entropy = -log_prob.detach()
-            temperature_loss = policy.temperature.loss(entropy, self._target_entropy)
-            policy.temperature_optimizer.zero_grad(set_to_none=True)
-            temperature_loss.backward()
-            policy.temperature_optimizer.step()
-            stats["edit_loss"] = edit_loss.detach()
-            stats["temperature_loss"] = temperature_loss.detach()
-            stats["edit_entropy"] = entropy.mean()
-            stats["temperature"] = alpha
+        if update_edit and self.otf_config.uses_edit_policy:
+            with record_function("expo/edit_update"):
+                alpha = policy.temperature().detach()
+                edit_loss, entropy = fns["edit_loss"](obs_last, actions_last, alpha)
+                policy.edit_optimizer.zero_grad(set_to_none=True)
+                edit_loss.backward(inputs=list(policy.edit_policy.parameters()))  # no gradient into the critic
+                policy.edit_optimizer.step()
+            with record_function("expo/temperature_update"):
+                # alpha <- alpha - lr * d/d alpha [alpha (H - H_target)], H = -log pi in tanh space
+                temperature_loss = policy.temperature.loss(entropy, self._target_entropy)
+                policy.temperature_optimizer.zero_grad(set_to_none=True)
+                temperature_loss.backward()
+                policy.temperature_optimizer.step()
+            stats.update(
+                edit_loss=edit_loss.detach(),
+                temperature_loss=temperature_loss.detach(),
+                edit_entropy=entropy.mean(),
+                temperature=alpha,
+            )
         return stats
 
     def _finish_update(self, stats: dict[str, th.Tensor], gradient_steps: int, prefix: str = "train") -> None:

@@ -35,22 +35,30 @@ def draw_candidates(
     config: OTFConfig,
     deterministic: bool = False,
     generator: Optional[th.Generator] = None,
+    base_noise: Optional[th.Tensor] = None,
+    edit_noise: Optional[th.Tensor] = None,
 ) -> th.Tensor:
     """Steps 1-2: N base samples per state and the edits of the first ``n_edit_samples`` of them.
+
+    Rows are state-major: state b's samples are rows ``b*N .. b*N + N-1`` of the diffusion batch, so the candidates
+    of a contiguous block of states come from a contiguous block of noise rows.
 
     :param base_features: base-policy features of the states, (B, f_base).
     :param edit_features: edit-policy features of the states, (B, f_edit).
     :param deterministic: take the edit at its mean (the base samples use ``generator`` for repeatability).
+    :param generator: optional random generator.
+    :param base_noise: optional pre-drawn diffusion noise, (T, B*N, action_dim) (tests compare paths with it).
+    :param edit_noise: optional pre-drawn edit noise, (B*n_edit, action_dim).
     :return: candidates, shape (B, K, action_dim): ``[:, :N]`` base actions, ``[:, N:]`` their edits.
     """
     batch, n = base_features.shape[0], config.n_action_samples
-    base_actions = base_policy.sample(base_features.repeat_interleave(n, dim=0), generator=generator)
+    base_actions = base_policy.sample(base_features.repeat_interleave(n, dim=0), generator=generator, noise=base_noise)
     base_actions = base_actions.view(batch, n, -1)
     if not config.uses_edit_policy:
         return base_actions
     m = config.n_edit_samples
     to_edit = base_actions[:, :m].reshape(batch * m, -1)
-    tanh_u, _ = edit_policy.sample(edit_features.repeat_interleave(m, dim=0), to_edit, deterministic, generator)
+    tanh_u, _ = edit_policy.sample(edit_features.repeat_interleave(m, dim=0), to_edit, deterministic, generator, edit_noise)
     edited = to_edit + config.edit_scale * tanh_u
     if config.clip_edited_actions:
         edited = edited.clamp(-1.0, 1.0)

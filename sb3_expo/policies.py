@@ -139,6 +139,8 @@ class EXPOPolicy(BasePolicy):
             temperature_learning_rate=temperature_learning_rate,
             initial_temperature=initial_temperature,
         )
+        # Optional compiled version of :meth:`otf_act`, set by ``EXPO(compile=True)`` (never replaces a module).
+        self._act_fn: Optional[Any] = None
         self._build(lr_schedule)
 
     def _build(self, lr_schedule: Schedule) -> None:
@@ -277,10 +279,21 @@ class EXPOPolicy(BasePolicy):
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self._predict(obs, deterministic=deterministic)
 
+    def otf_act(self, observation: PyTorchObs) -> th.Tensor:
+        """Stochastic acting in one fixed-shape call (the unit that ``compile=True`` compiles)."""
+        return self.otf_select(observation, use_ema_base=True).actions.clamp(-1.0, 1.0)
+
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        """Act with the OTF policy on the EMA base policy; actions in [-1, 1] (unscaled by ``predict``)."""
-        generator = self.deterministic_generator() if deterministic else None
-        actions = self.otf_select(observation, use_ema_base=True, deterministic=deterministic, generator=generator).actions
+        """Act with the OTF policy on the EMA base policy; actions in [-1, 1] (unscaled by ``predict``).
+
+        ``deterministic=True`` uses a freshly seeded private generator and the edits' means, so the same observation
+        and parameters always give the same action (the reference has no deterministic mode).
+        """
+        if not deterministic:
+            act = self._act_fn if self._act_fn is not None else self.otf_act
+            return act(observation)
+        generator = self.deterministic_generator()
+        actions = self.otf_select(observation, use_ema_base=True, deterministic=True, generator=generator).actions
         # Edited actions may leave [-1, 1] when clip_edited_actions=False; what goes to the env never does.
         return actions.clamp(-1.0, 1.0)
 
@@ -303,4 +316,3 @@ class MultiInputPolicy(EXPOPolicy):
         **kwargs: Any,
     ):
         super().__init__(observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs)
-

@@ -191,28 +191,31 @@ class DiffusionBasePolicy(nn.Module):
         pred = self.net(noisy, obs, t[:, None].to(actions.dtype))
         return (pred - noise).pow(2).sum(dim=-1).mean()
 
-    def sample(self, obs: th.Tensor, generator: Optional[th.Generator] = None) -> th.Tensor:
+    def sample(
+        self, obs: th.Tensor, generator: Optional[th.Generator] = None, noise: Optional[th.Tensor] = None
+    ) -> th.Tensor:
         """Ancestral DDPM sampling: one action per row of ``obs``; all rows go through the network as one batch.
 
         :param obs: observation features, shape (M, obs_dim) (repeat rows beforehand to draw several actions per
             state).
         :param generator: optional random generator (used for repeatable deterministic predictions).
+        :param noise: optional pre-drawn standard normal noise of shape (T, M, action_dim): ``noise[0]`` is the
+            initial sample a_T, ``noise[t]`` the noise added at step t (t = 1..T-1; the step t = 0 adds none).
         :return: actions, shape (M, action_dim), in [-1, 1] when ``clip_sample``.
         """
-        rows = obs.shape[0]
-        x = th.randn(rows, self.action_dim, device=obs.device, dtype=obs.dtype, generator=generator)
+        rows, n_steps = obs.shape[0], self.n_diffusion_steps
+        if noise is None:  # one draw for the whole chain: fewer kernel launches than T draws
+            noise = th.randn(n_steps, rows, self.action_dim, device=obs.device, dtype=obs.dtype, generator=generator)
+        x = noise[0]
         obs_term = self.net.in_obs(obs)  # constant along the chain: computed once
-        # One noise draw for the whole chain (the t = 0 step adds none): fewer kernel launches than T draws.
-        noise = th.randn(
-            max(self.n_diffusion_steps - 1, 0), rows, self.action_dim, device=obs.device, dtype=obs.dtype, generator=generator
-        )
-        all_t = th.arange(self.n_diffusion_steps, device=obs.device, dtype=obs.dtype)[:, None]
+        all_t = th.arange(n_steps, device=obs.device, dtype=obs.dtype)[:, None]
         time_terms = self.net.in_time(self.net.time_mlp(self.net.time_features(all_t)))  # (T, hidden), once
-        for t in range(self.n_diffusion_steps - 1, -1, -1):
+        for t in range(n_steps - 1, -1, -1):
             eps = self.net.forward_conditioned(x, obs_term, time_terms[t])
+            # a_{t-1} = 1/sqrt(alpha_t) (a_t - (1 - alpha_t)/sqrt(1 - ahat_t) eps) + sigma_t z,  z = 0 at t = 0
             x = self.step_scale[t] * (x - self.eps_scale[t] * eps)
             if t > 0:
-                x = x + self.sigmas[t] * self.sample_temperature * noise[t - 1]
+                x = x + (self.sigmas[t] * self.sample_temperature) * noise[t]
             if self.clip_sample:
                 x = x.clamp(-1.0, 1.0)
         return x

@@ -69,11 +69,18 @@ class EditPolicy(nn.Module):
         return self.mean(h), self.log_std(h).clamp(self.log_std_min, self.log_std_max)
 
     def sample(
-        self, obs: th.Tensor, actions: th.Tensor, deterministic: bool = False, generator: Optional[th.Generator] = None
+        self,
+        obs: th.Tensor,
+        actions: th.Tensor,
+        deterministic: bool = False,
+        generator: Optional[th.Generator] = None,
+        noise: Optional[th.Tensor] = None,
     ) -> tuple[th.Tensor, th.Tensor]:
         """Draw ``tanh(u)`` (reparameterised) and its log-density in tanh space.
 
         :param deterministic: use the mean of u (the edit at its mode) instead of a sample.
+        :param generator: optional random generator.
+        :param noise: optional pre-drawn standard normal noise, shape (M, action_dim).
         :return: ``(tanh(u), log pi(tanh(u) | s, a))``; the log-density of the edit ``beta * tanh(u)`` is that minus
             ``action_dim * log(beta)``.
         """
@@ -81,7 +88,8 @@ class EditPolicy(nn.Module):
         if deterministic:
             u = mean
         else:
-            noise = th.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
+            if noise is None:
+                noise = th.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
             u = mean + log_std.exp() * noise
         # log N(u; mean, std) - log|d tanh(u)/du|
         normal_log_prob = (-0.5 * ((u - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -1,0 +1,169 @@
+"""Write a small, real Minari dataset from a scripted (noisy) controller, with minari's own ``DataCollector``.
+
+Command line::
+
+    python -m sb3_expo.datasets.make_minari --env Pendulum-v1 --episodes 20 --quality medium \\
+        --dataset-id sb3-expo/pendulum-medium-v0
+
+The dataset is written under ``$MINARI_DATASETS_PATH/<dataset-id>`` (default ``~/.minari/datasets``). Episodes end
+as the env ends them: ``TimeLimit`` cuts are truncations (Pendulum never terminates), reaching the flag in
+MountainCar is a termination.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from sb3_expo.datasets.controllers import CONTROLLERS, QUALITY_PRESETS, Controller, NoisyController
+
+
+def episode_returns(dataset: Any) -> np.ndarray:
+    """
+    :param dataset: a ``minari.MinariDataset``
+    :return: the undiscounted return of each episode
+    """
+    return np.array([float(np.sum(ep.rewards)) for ep in dataset.iterate_episodes()])
+
+
+def _dataset_exists(dataset_id: str) -> bool:
+    from sb3_expo.wrappers.offline_dataset import minari_datasets_root
+
+    return os.path.isdir(os.path.join(minari_datasets_root(), dataset_id, "data"))
+
+
+def make_minari_dataset(
+    env_id: str,
+    dataset_id: str,
+    n_episodes: int = 20,
+    seed: int = 0,
+    noise: float | None = None,
+    random_prob: float | None = None,
+    quality: str = "medium",
+    controller: Controller | None = None,
+    overwrite: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+    verbose: int = 0,
+) -> Any:
+    """
+    Roll out a scripted controller in ``env_id`` and save the episodes as a Minari dataset.
+
+    Idempotent: if ``dataset_id`` already exists locally it is reused as is (nothing is recomputed, whatever the
+    other arguments), unless ``overwrite=True``, which deletes and rewrites it.
+
+    :param env_id: gymnasium id (``Pendulum-v1`` and ``MountainCarContinuous-v0`` have built-in controllers)
+    :param dataset_id: Minari id, e.g. ``"sb3-expo/pendulum-medium-v0"`` (namespace/name-vN)
+    :param n_episodes: number of episodes to record
+    :param seed: seeds the env resets (episode ``i`` uses ``seed + i``) and the noise
+    :param noise: Gaussian noise std in scaled [-1, 1] action units (default: from ``quality``)
+    :param random_prob: probability of a uniform random action per step (default: from ``quality``)
+    :param quality: ``"expert"``, ``"medium"`` or ``"random"``: presets for ``noise`` / ``random_prob``
+    :param controller: observation -> action; default: the built-in one for ``env_id``
+    :param overwrite: delete and rewrite an existing dataset with this id
+    :param env_kwargs: extra keyword arguments for ``gym.make``
+    :param verbose: 1 prints the mean return
+    :return: the ``minari.MinariDataset``
+    """
+    import minari
+    from minari.dataset.minari_dataset import parse_dataset_id
+
+    parse_dataset_id(dataset_id)  # fail on a malformed id before rolling out any episode
+    if _dataset_exists(dataset_id):
+        if not overwrite:
+            dataset = minari.load_dataset(dataset_id)
+            if verbose:
+                print(f"Reusing existing Minari dataset {dataset_id!r} ({dataset.total_episodes} episodes).")
+            return dataset
+        minari.delete_dataset(dataset_id)
+    if quality not in QUALITY_PRESETS:
+        raise ValueError(f"quality must be one of {sorted(QUALITY_PRESETS)}, got {quality!r}.")
+    preset_noise, preset_random = QUALITY_PRESETS[quality]
+    noise = preset_noise if noise is None else noise
+    random_prob = preset_random if random_prob is None else random_prob
+    if controller is None:
+        if env_id not in CONTROLLERS:
+            raise ValueError(
+                f"No built-in controller for {env_id!r} (available: {sorted(CONTROLLERS)}). "
+                "Fix: pass controller=<observation -> action callable>."
+            )
+        controller = CONTROLLERS[env_id]
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}.")
+
+    env = minari.DataCollector(gym.make(env_id, **(env_kwargs or {})), record_infos=False)
+    policy = NoisyController(controller, env.action_space, noise=noise, random_prob=random_prob, seed=seed)
+    try:
+        for episode in range(n_episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            while True:
+                obs, _, terminated, truncated, _ = env.step(policy(obs))
+                if terminated or truncated:
+                    break
+        params = dict(env_id=env_id, n_episodes=n_episodes, seed=seed, noise=noise, random_prob=random_prob)
+        with warnings.catch_warnings():
+            # minari warns about optional metadata (permalink, e-mail) we do not have.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = env.create_dataset(
+                dataset_id=dataset_id,
+                eval_env=env_id,
+                algorithm_name=f"scripted-{quality}",
+                author="sb3-expo",
+                author_email="sb3-expo@users.noreply.github.com",
+                code_permalink="sb3_expo/datasets/make_minari.py",
+                description=f"Scripted controller with noise, written by sb3_expo.datasets.make_minari: {json.dumps(params)}",
+            )
+    finally:
+        env.close()
+    if verbose:
+        rets = episode_returns(dataset)
+        print(
+            f"Wrote Minari dataset {dataset_id!r}: {dataset.total_episodes} episodes, {dataset.total_steps} steps, "
+            f"return {rets.mean():.1f} +- {rets.std():.1f}"
+        )
+    return dataset
+
+
+def main(argv: list[str] | None = None) -> float:
+    """
+    Command-line entry point.
+
+    :param argv: arguments (default: ``sys.argv[1:]``)
+    :return: the mean episode return of the dataset
+    """
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="Pendulum-v1", choices=sorted(CONTROLLERS))
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--quality", default="medium", choices=sorted(QUALITY_PRESETS))
+    parser.add_argument("--dataset-id", default=None, help="default: sb3-expo/<env>-<quality>-v0")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", type=float, default=None, help="override the quality preset")
+    parser.add_argument("--random-prob", type=float, default=None, help="override the quality preset")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    dataset_id = args.dataset_id or f"sb3-expo/{args.env.split('-')[0].lower()}-{args.quality}-v0"
+    dataset = make_minari_dataset(
+        args.env,
+        dataset_id,
+        n_episodes=args.episodes,
+        seed=args.seed,
+        noise=args.noise,
+        random_prob=args.random_prob,
+        quality=args.quality,
+        overwrite=args.overwrite,
+    )
+    rets = episode_returns(dataset)
+    print(
+        f"{dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps, "
+        f"mean return {rets.mean():.2f} (std {rets.std():.2f}, min {rets.min():.2f}, max {rets.max():.2f})"
+    )
+    return float(rets.mean())
+
+
+if __name__ == "__main__":
+    main()

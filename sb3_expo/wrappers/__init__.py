@@ -1,0 +1,69 @@
+"""Offline data for EXPO and other SB3 off-policy algorithms.
+
+* Online RL with offline data (RLPD-style symmetric sampling)::
+
+    EXPO("MlpPolicy", env, replay_buffer_class=MinariReplayBuffer,
+         replay_buffer_kwargs=dict(dataset_id="sb3-expo/pendulum-medium-v0"))
+
+* Offline-to-online: the same buffer, then ``model.pretrain(...)`` samples ``replay_buffer.sample_offline``.
+
+Minari and h5py are imported only when a dataset is loaded, so importing this package needs neither.
+"""
+
+from sb3_expo.wrappers.env_wrappers import ClipActionToSpace, FlattenDictObservation, ShiftScaleReward
+from sb3_expo.wrappers.offline_dataset import (
+    OfflineDataError,
+    OfflineDataset,
+    OfflineDatasetNotFoundError,
+    check_action_space,
+    check_finite,
+    check_observation_space,
+    concat_robomimic_obs,
+    flatten_dict_obs,
+    flatten_dict_space,
+    load_minari_dataset,
+    load_robomimic_dataset,
+    minari_datasets_root,
+    open_minari_dataset,
+    scale_action,
+    transform_reward,
+    unscale_action,
+    validate_offline_dataset,
+)
+from sb3_expo.wrappers.replay_buffers import (
+    DictMinariReplayBuffer,
+    DictOfflineReplayBuffer,
+    MinariReplayBuffer,
+    OfflineReplayBuffer,
+    RobomimicReplayBuffer,
+    offline_row_mask,
+)
+
+__all__ = [
+    "ClipActionToSpace",
+    "DictMinariReplayBuffer",
+    "DictOfflineReplayBuffer",
+    "FlattenDictObservation",
+    "MinariReplayBuffer",
+    "OfflineDataError",
+    "OfflineDataset",
+    "OfflineDatasetNotFoundError",
+    "OfflineReplayBuffer",
+    "RobomimicReplayBuffer",
+    "ShiftScaleReward",
+    "check_action_space",
+    "check_finite",
+    "check_observation_space",
+    "concat_robomimic_obs",
+    "flatten_dict_obs",
+    "flatten_dict_space",
+    "load_minari_dataset",
+    "load_robomimic_dataset",
+    "minari_datasets_root",
+    "offline_row_mask",
+    "open_minari_dataset",
+    "scale_action",
+    "transform_reward",
+    "unscale_action",
+    "validate_offline_dataset",
+]

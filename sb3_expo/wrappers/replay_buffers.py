@@ -1,0 +1,415 @@
+"""Replay buffers with a fixed offline part and an online part ("symmetric sampling", RLPD / EXPO).
+
+``sample(n)`` returns ``round(offline_fraction * n)`` offline rows spread evenly through the batch: row ``i`` is
+offline iff ``floor((i + 1) * f) > floor(i * f)``. Hence EVERY contiguous chunk of ``B`` rows holds
+``floor(f * B)`` or ``ceil(f * B)`` offline rows, which EXPO relies on: its ``train()`` samples
+``batch_size * gradient_steps`` rows once per env step and splits them into ``gradient_steps`` chunks.
+
+They are drop-in ``replay_buffer_class`` values for EXPO and for SB3's SAC/TD3 and sb3_contrib's TQC::
+
+    SAC("MlpPolicy", env, replay_buffer_class=MinariReplayBuffer,
+        replay_buffer_kwargs=dict(dataset_id="sb3-expo/pendulum-medium-v0"))
+
+The same class works for Box and Dict observation spaces: ``MinariReplayBuffer(...)`` with a Dict space returns a
+:class:`DictMinariReplayBuffer` (a subclass of both ``MinariReplayBuffer`` and SB3's ``DictReplayBuffer``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any, ClassVar, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_expo.wrappers.offline_dataset import (
+    DoneMode,
+    OfflineDataError,
+    OfflineDataset,
+    OutOfBounds,
+    load_minari_dataset,
+    load_robomimic_dataset,
+    transform_reward,
+    validate_offline_dataset,
+)
+
+Samples = Union[ReplayBufferSamples, DictReplayBufferSamples]
+
+
+def offline_row_mask(n_rows: int, offline_fraction: float) -> np.ndarray:
+    """
+    Which rows of a sampled batch are offline: row ``i`` is offline iff ``floor((i+1)*f) > floor(i*f)``.
+
+    Exact integer arithmetic (``f`` as a fraction) so that every contiguous chunk of ``B`` rows has
+    ``floor(f*B)`` or ``ceil(f*B)`` offline rows, without float round-off.
+
+    :param n_rows: batch size
+    :param offline_fraction: ``f`` in ``[0, 1]``
+    :return: bool array ``(n_rows,)``
+    """
+    frac = Fraction(offline_fraction).limit_denominator(1_000_000)
+    p, q = frac.numerator, frac.denominator
+    i = np.arange(n_rows + 1, dtype=np.int64)
+    cum = (i * p) // q  # number of offline rows among the first i rows
+    return np.diff(cum) > 0
+
+
+class OfflineReplayBuffer(ReplayBuffer):
+    """
+    SB3 replay buffer (the online part, ``buffer_size`` transitions, filled by ``add()`` as usual) plus a fixed
+    offline part taken from an :class:`~sb3_expo.wrappers.OfflineDataset`.
+
+    Minibatches mix both: ``sample(n)`` returns ``offline_fraction * n`` offline rows (rounded per the even layout
+    of :func:`offline_row_mask`), and only offline rows while the online part is empty. Offline ``dones`` are the
+    dataset's terminations only (a truncation is not a terminal), so the TD target bootstraps through timeouts.
+    The offline part does not count against ``buffer_size`` and is never overwritten.
+
+    Pickling (SB3's ``save_replay_buffer`` / ``load_replay_buffer``) stores the offline arrays too.
+    Prefer the loading subclasses (:class:`MinariReplayBuffer`, :class:`RobomimicReplayBuffer`) in
+    ``replay_buffer_kwargs``: SB3 saves those kwargs with the model, so a ``dataset=`` object would be saved in every
+    model zip, while a ``dataset_id`` / ``path`` is just a string.
+
+    :param buffer_size: capacity of the online part
+    :param observation_space: observation space (Box, or Dict for the ``Dict*`` variants picked automatically)
+    :param action_space: Box action space
+    :param device: PyTorch device of the sampled tensors
+    :param n_envs: number of parallel envs (online part)
+    :param optimize_memory_usage: SB3's memory-efficient online storage (Box only)
+    :param handle_timeout_termination: SB3's timeout handling for the online part
+    :param dataset: the offline data (actions in ``[-1, 1]``); subclasses load it from ``dataset_id`` / ``path``
+    :param offline_fraction: share of offline rows in each sampled minibatch (0.5 = symmetric sampling)
+    :param reward_shift: added to offline rewards (after ``reward_scale``); match the env's
+        :class:`~sb3_expo.wrappers.ShiftScaleReward` (e.g. ``-1`` on Antmaze)
+    :param reward_scale: multiplies offline rewards
+    """
+
+    # Dict-observation variant of this exact class (set below for each public class): __new__ swaps to it.
+    _dict_variant: ClassVar[type | None] = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> OfflineReplayBuffer:
+        # SB3 calls replay_buffer_class(buffer_size, observation_space, ...): pick the Box or Dict base here so
+        # that one class name works in zoo YAMLs for both. Pickle calls cls.__new__(cls) with no args: no swap.
+        obs_space = args[1] if len(args) > 1 else kwargs.get("observation_space")
+        if isinstance(obs_space, spaces.Dict) and not issubclass(cls, DictReplayBuffer):
+            variant = cls.__dict__.get("_dict_variant")
+            if variant is None:
+                raise TypeError(
+                    f"{cls.__name__} has no Dict-observation variant. Fix: flatten the observations "
+                    "(sb3_expo.wrappers.FlattenDictObservation) or define `_dict_variant` for your subclass."
+                )
+            cls = variant
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        *,
+        dataset: OfflineDataset | None = None,
+        offline_fraction: float = 0.5,
+        reward_shift: float = 0.0,
+        reward_scale: float = 1.0,
+    ):
+        if not 0.0 <= float(offline_fraction) <= 1.0:
+            raise OfflineDataError(
+                f"offline_fraction must be in [0, 1], got {offline_fraction}. Fix: e.g. offline_fraction=0.5."
+            )
+        if dataset is None:
+            raise OfflineDataError(
+                f"{type(self).__name__} needs offline data. Fix: pass replay_buffer_kwargs=dict(dataset=...) "
+                "(an OfflineDataset), or use MinariReplayBuffer(dataset_id=...) / RobomimicReplayBuffer(path=...)."
+            )
+        # Validate everything BEFORE SB3 allocates the online arrays: an error leaves nothing half-built.
+        validate_offline_dataset(dataset, observation_space, action_space)
+        super().__init__(
+            buffer_size,
+            observation_space,
+            action_space,
+            device=device,
+            n_envs=n_envs,
+            optimize_memory_usage=optimize_memory_usage,
+            handle_timeout_termination=handle_timeout_termination,
+        )
+        self.offline_fraction = float(offline_fraction)
+        self.reward_shift = float(reward_shift)
+        self.reward_scale = float(reward_scale)
+        self._set_offline(dataset)
+
+    # -- offline storage --------------------------------------------------------------------------------------
+
+    def _set_offline(self, dataset: OfflineDataset) -> None:
+        is_dict = isinstance(self.observation_space, spaces.Dict)
+        if is_dict:
+            assert isinstance(dataset.observations, dict) and isinstance(dataset.next_observations, dict)
+            self.offline_observations: np.ndarray | dict[str, np.ndarray] = {
+                k: np.ascontiguousarray(dataset.observations[k], dtype=self.observation_space[k].dtype)
+                for k in self.observation_space.spaces
+            }
+            self.offline_next_observations: np.ndarray | dict[str, np.ndarray] = {
+                k: np.ascontiguousarray(dataset.next_observations[k], dtype=self.observation_space[k].dtype)
+                for k in self.observation_space.spaces
+            }
+        else:
+            self.offline_observations = np.ascontiguousarray(dataset.observations, dtype=self.observation_space.dtype)
+            self.offline_next_observations = np.ascontiguousarray(
+                dataset.next_observations, dtype=self.observation_space.dtype
+            )
+        # Same dtype as the online actions (SB3 casts float64 action spaces to float32).
+        self.offline_actions = np.ascontiguousarray(dataset.actions.reshape(len(dataset), self.action_dim), dtype=self.actions.dtype)
+        self.offline_rewards = np.asarray(
+            transform_reward(dataset.rewards.astype(np.float32), self.reward_shift, self.reward_scale), dtype=np.float32
+        )
+        # Terminations only: a timeout/truncation must bootstrap.
+        self.offline_dones = dataset.terminations.astype(np.float32)
+        self.offline_truncations = dataset.truncations.astype(bool)
+        self.offline_source = dict(dataset.source)
+
+    @property
+    def offline_size(self) -> int:
+        """Number of offline transitions."""
+        return len(self.offline_actions)
+
+    @property
+    def online_size(self) -> int:
+        """Number of online transitions stored so far (per env column, like SB3's ``size()``)."""
+        return self.size()
+
+    # -- sampling ---------------------------------------------------------------------------------------------
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> Samples:  # type: ignore[override]
+        """
+        Sample a mixed minibatch: offline rows at the positions of :func:`offline_row_mask` (so any contiguous
+        chunk holds ~``offline_fraction`` offline rows), online rows elsewhere; only offline rows while the
+        online part is empty.
+
+        :param batch_size: number of rows
+        :param env: the VecNormalize wrapper, if any, to normalize observations and rewards (as SB3 does)
+        :return: ``ReplayBufferSamples`` (Box) or ``DictReplayBufferSamples`` (Dict)
+        """
+        if self.online_size == 0:
+            return self.sample_offline(batch_size, env)
+        mask = offline_row_mask(batch_size, self.offline_fraction)
+        n_off = int(mask.sum())
+        if n_off == batch_size:
+            return self.sample_offline(batch_size, env)
+        online = super().sample(batch_size - n_off, env=env)
+        if n_off == 0:
+            return online
+        offline = self.sample_offline(n_off, env)
+        # Row order: offline rows where mask is True, online rows elsewhere (both in sampled order).
+        order = np.empty(batch_size, dtype=np.int64)
+        order[mask] = np.arange(n_off)
+        order[~mask] = n_off + np.arange(batch_size - n_off)
+        return _interleave(offline, online, th.as_tensor(order, device=self.device))
+
+    def sample_offline(self, batch_size: int, env: VecNormalize | None = None) -> Samples:
+        """
+        Sample offline rows only (uniformly, with replacement). Used for pretraining (``EXPO.pretrain``).
+
+        :param batch_size: number of rows
+        :param env: the VecNormalize wrapper, if any
+        :return: ``ReplayBufferSamples`` (Box) or ``DictReplayBufferSamples`` (Dict)
+        """
+        # np.random like SB3's own buffers, so that model.set_random_seed makes sampling reproducible.
+        inds = np.random.randint(0, self.offline_size, size=batch_size)
+        return self._get_offline_samples(inds, env)
+
+    def _get_offline_samples(self, inds: np.ndarray, env: VecNormalize | None = None) -> Samples:
+        actions = self.to_torch(self.offline_actions[inds])
+        dones = self.to_torch(self.offline_dones[inds].reshape(-1, 1))
+        rewards = self.to_torch(self._normalize_reward(self.offline_rewards[inds].reshape(-1, 1), env))
+        if isinstance(self.offline_observations, dict):
+            assert isinstance(self.offline_next_observations, dict)
+            obs = self._normalize_obs({k: v[inds] for k, v in self.offline_observations.items()}, env)
+            next_obs = self._normalize_obs({k: v[inds] for k, v in self.offline_next_observations.items()}, env)
+            assert isinstance(obs, dict) and isinstance(next_obs, dict)
+            return DictReplayBufferSamples(
+                observations={k: self.to_torch(v) for k, v in obs.items()},
+                actions=actions,
+                next_observations={k: self.to_torch(v) for k, v in next_obs.items()},
+                dones=dones,
+                rewards=rewards,
+            )
+        return ReplayBufferSamples(
+            observations=self.to_torch(self._normalize_obs(self.offline_observations[inds], env)),  # type: ignore[arg-type]
+            actions=actions,
+            next_observations=self.to_torch(self._normalize_obs(self.offline_next_observations[inds], env)),  # type: ignore[arg-type]
+            dones=dones,
+            rewards=rewards,
+        )
+
+
+def _interleave(offline: Samples, online: Samples, order: th.Tensor) -> Samples:
+    """``cat([offline, online])[order]`` field by field (dict observations key by key)."""
+
+    def merge(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return None
+        if isinstance(a, dict):
+            return {k: th.cat([a[k], b[k].to(a[k].dtype)])[order] for k in a}
+        return th.cat([a, b.to(a.dtype)])[order]
+
+    return type(offline)(*[merge(a, b) for a, b in zip(offline, online)])
+
+
+class DictOfflineReplayBuffer(OfflineReplayBuffer, DictReplayBuffer):
+    """Dict-observation variant of :class:`OfflineReplayBuffer` (picked automatically for Dict spaces)."""
+
+
+OfflineReplayBuffer._dict_variant = DictOfflineReplayBuffer
+
+
+class MinariReplayBuffer(OfflineReplayBuffer):
+    """
+    :class:`OfflineReplayBuffer` whose offline part is a local Minari dataset, loaded (vectorised) and validated
+    against the env spaces before anything is allocated. Works with EXPO, SAC, TD3 and TQC::
+
+        EXPO("MlpPolicy", env, replay_buffer_class=MinariReplayBuffer,
+             replay_buffer_kwargs=dict(dataset_id="sb3-expo/pendulum-medium-v0"))
+
+    With a Dict observation space the instance is a :class:`DictMinariReplayBuffer` (use ``MultiInputPolicy``),
+    unless ``obs_keys`` flattens the observations (then wrap the env with
+    ``FlattenDictObservation(env, keys=obs_keys)``).
+
+    :param buffer_size: capacity of the online part
+    :param observation_space: observation space
+    :param action_space: Box action space (the dataset's bounds must equal it)
+    :param device: PyTorch device
+    :param n_envs: number of parallel envs
+    :param optimize_memory_usage: SB3's memory-efficient online storage (Box only)
+    :param handle_timeout_termination: SB3's timeout handling for the online part
+    :param dataset_id: local Minari dataset id (``$MINARI_DATASETS_PATH/<id>``)
+    :param obs_keys: flatten these Dict observation keys IN THIS ORDER (None: keep Dict observations)
+    :param out_of_bounds: ``"error"`` or ``"clip"`` for dataset actions outside the action space
+    :param download: download the dataset if it is not local (opt-in; refused when ``HF_HUB_OFFLINE=1``)
+    :param offline_fraction: share of offline rows per minibatch
+    :param reward_shift: added to offline rewards (match the env's ``ShiftScaleReward``)
+    :param reward_scale: multiplies offline rewards
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        *,
+        dataset_id: str,
+        obs_keys: Sequence[str] | None = None,
+        out_of_bounds: OutOfBounds = "error",
+        download: bool = False,
+        offline_fraction: float = 0.5,
+        reward_shift: float = 0.0,
+        reward_scale: float = 1.0,
+    ):
+        dataset = load_minari_dataset(
+            dataset_id,
+            env_action_space=action_space,
+            env_observation_space=observation_space,
+            obs_keys=obs_keys,
+            out_of_bounds=out_of_bounds,
+            download=download,
+        )
+        super().__init__(
+            buffer_size,
+            observation_space,
+            action_space,
+            device=device,
+            n_envs=n_envs,
+            optimize_memory_usage=optimize_memory_usage,
+            handle_timeout_termination=handle_timeout_termination,
+            dataset=dataset,
+            offline_fraction=offline_fraction,
+            reward_shift=reward_shift,
+            reward_scale=reward_scale,
+        )
+        self.dataset_id = dataset_id
+
+
+class DictMinariReplayBuffer(MinariReplayBuffer, DictReplayBuffer):
+    """Dict-observation variant of :class:`MinariReplayBuffer` (picked automatically for Dict spaces)."""
+
+
+MinariReplayBuffer._dict_variant = DictMinariReplayBuffer
+
+
+class RobomimicReplayBuffer(OfflineReplayBuffer):
+    """
+    :class:`OfflineReplayBuffer` whose offline part is a robomimic low-dim HDF5 file. The observation is the
+    concatenation of ``obs_keys`` IN THE ORDER GIVEN (``concat_robomimic_obs``); the env must build the same
+    vector. Box observation spaces only.
+
+    :param buffer_size: capacity of the online part
+    :param observation_space: Box observation space (``sum of obs_keys dims``,)
+    :param action_space: Box action space (robomimic actions are in ``[-1, 1]``)
+    :param device: PyTorch device
+    :param n_envs: number of parallel envs
+    :param optimize_memory_usage: SB3's memory-efficient online storage
+    :param handle_timeout_termination: SB3's timeout handling for the online part
+    :param path: the robomimic ``.hdf5`` file
+    :param obs_keys: low-dim keys, concatenated in this order
+    :param filter_key: optional ``mask/<filter_key>`` demo subset
+    :param done_mode: ``"dones"``, ``"rewards"`` or ``"none"`` (see ``load_robomimic_dataset``)
+    :param out_of_bounds: ``"error"`` or ``"clip"`` for dataset actions outside the action space
+    :param offline_fraction: share of offline rows per minibatch
+    :param reward_shift: added to offline rewards (match the env's ``ShiftScaleReward``)
+    :param reward_scale: multiplies offline rewards
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        *,
+        path: str | os.PathLike,
+        obs_keys: Sequence[str],
+        filter_key: str | None = None,
+        done_mode: DoneMode = "dones",
+        out_of_bounds: OutOfBounds = "error",
+        offline_fraction: float = 0.5,
+        reward_shift: float = 0.0,
+        reward_scale: float = 1.0,
+    ):
+        dataset = load_robomimic_dataset(
+            path,
+            obs_keys,
+            filter_key,
+            env_action_space=action_space,
+            env_observation_space=observation_space,
+            out_of_bounds=out_of_bounds,
+            done_mode=done_mode,
+        )
+        super().__init__(
+            buffer_size,
+            observation_space,
+            action_space,
+            device=device,
+            n_envs=n_envs,
+            optimize_memory_usage=optimize_memory_usage,
+            handle_timeout_termination=handle_timeout_termination,
+            dataset=dataset,
+            offline_fraction=offline_fraction,
+            reward_shift=reward_shift,
+            reward_scale=reward_scale,
+        )
+        self.path = os.fspath(path)
+        self.obs_keys = list(obs_keys)

@@ -1,0 +1,37 @@
+"""Shared pytest fixtures.
+
+``pendulum_dataset_id``: a small real Minari dataset (Pendulum-v1, scripted noisy swing-up controller, 10 episodes
+x 200 steps = 2000 transitions), written once per session with minari's ``DataCollector`` under a session temp dir.
+Requesting it (or ``minari_datasets_path``) points ``MINARI_DATASETS_PATH`` at that dir for the rest of the
+session, so ``MinariReplayBuffer(dataset_id=pendulum_dataset_id)`` / ``load_minari_dataset`` find it. A test
+that monkeypatches ``MINARI_DATASETS_PATH`` elsewhere gets it restored at teardown.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+PENDULUM_DATASET_ID = "sb3-expo/pendulum-medium-v0"
+PENDULUM_EPISODES = 10
+
+
+@pytest.fixture(scope="session")
+def minari_datasets_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    """Session Minari root; sets ``MINARI_DATASETS_PATH`` to it for the session."""
+    root = tmp_path_factory.mktemp("minari_datasets")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MINARI_DATASETS_PATH", str(root))
+    yield root
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def pendulum_dataset_id(minari_datasets_path: pathlib.Path) -> str:
+    """Id of a 2000-transition Pendulum-v1 'medium' Minari dataset (written once per session)."""
+    from sb3_expo.datasets.make_minari import make_minari_dataset
+
+    make_minari_dataset("Pendulum-v1", PENDULUM_DATASET_ID, n_episodes=PENDULUM_EPISODES, seed=0, quality="medium")
+    return PENDULUM_DATASET_ID
