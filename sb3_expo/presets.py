@@ -37,11 +37,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             n_critics=10,
         ),
     ),
-    # ~4-5 ms of compute per env step on 2 cores (see docs/performance.md).
+    # Tens of ms per env step on one CPU core (measured in docs/performance.md): UTD 2 instead of 20, T=5, N=4.
     "cpu": dict(
         learning_rate=3e-4,
         batch_size=128,
-        gradient_steps=4,
+        gradient_steps=2,
         n_diffusion_steps=5,
         n_action_samples=4,
         n_edit_samples=4,

@@ -1,0 +1,124 @@
+"""The optimised paths compute exactly what the plain ones do: batched candidates, the batched ensemble,
+torch.compile, and bf16 autocast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from torch.nn import functional as F
+
+from sb3_expo import EXPO, get_preset
+from sb3_expo.config import OTFConfig
+from sb3_expo.otf import draw_candidates, td_target
+from sb3_expo.parts import DiffusionBasePolicy, EditPolicy, QEnsemble
+
+
+def test_batched_candidates_match_per_minibatch_generation():
+    """Drawing the TD-target candidates of G minibatches in one call == drawing them minibatch by minibatch."""
+    th.manual_seed(0)
+    obs_dim, action_dim, n_steps, G, B = 5, 3, 4, 3, 7
+    config = OTFConfig(n_action_samples=4, n_edit_samples=3, edit_scale=0.3, num_min_qs=2)
+    base = DiffusionBasePolicy(obs_dim, action_dim, n_steps, net_kwargs=dict(hidden_dim=16, n_blocks=2, time_dim=8)).double()
+    edit = EditPolicy(obs_dim, action_dim, net_arch=(16, 16)).double()
+    target = QEnsemble(obs_dim + action_dim, n_critics=5, net_arch=(16, 16)).double()
+    next_obs = th.randn(G * B, obs_dim, dtype=th.float64)
+    rewards, dones = th.randn(G * B, dtype=th.float64), (th.rand(G * B) < 0.2).double()
+    N, M = config.n_action_samples, config.n_edit_samples
+    base_noise = th.randn(n_steps, G * B * N, action_dim, dtype=th.float64)
+    edit_noise = th.randn(G * B * M, action_dim, dtype=th.float64)
+
+    with th.no_grad():
+        batched = draw_candidates(base, edit, next_obs, next_obs, config, base_noise=base_noise, edit_noise=edit_noise)
+        for g in range(G):
+            rows = slice(g * B, (g + 1) * B)
+            plain = draw_candidates(
+                base,
+                edit,
+                next_obs[rows],
+                next_obs[rows],
+                config,
+                base_noise=base_noise[:, g * B * N : (g + 1) * B * N],
+                edit_noise=edit_noise[g * B * M : (g + 1) * B * M],
+            )
+            th.testing.assert_close(batched[rows], plain, rtol=1e-12, atol=1e-12)
+            th.manual_seed(g)
+            y_fast, chosen_fast = td_target(target, target, next_obs[rows], next_obs[rows], batched[rows], rewards[rows], dones[rows], 0.99, config)
+            th.manual_seed(g)
+            y_plain, chosen_plain = td_target(target, target, next_obs[rows], next_obs[rows], plain, rewards[rows], dones[rows], 0.99, config)
+            assert th.equal(chosen_fast.index, chosen_plain.index)
+            th.testing.assert_close(y_fast, y_plain, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_ensemble_matches_a_loop_over_critics():
+    """One stacked forward == E separate Dense -> LayerNorm -> ReLU MLPs (float64)."""
+    th.manual_seed(0)
+    ensemble = QEnsemble(6, n_critics=4, net_arch=(8, 8)).double()
+    with th.no_grad():  # non-trivial LayerNorm affine parameters
+        for p in list(ensemble.ln_weights) + list(ensemble.ln_biases):
+            p.normal_()
+    obs, actions = th.randn(11, 4, dtype=th.float64), th.randn(11, 2, dtype=th.float64)
+    q = ensemble(obs, actions)
+    for i in range(4):
+        x = th.cat([obs, actions], -1)
+        for layer in range(3):
+            x = x @ ensemble.weights[layer][i] + ensemble.biases[layer][i, 0]
+            if layer < 2:
+                x = F.layer_norm(x, (8,), ensemble.ln_weights[layer][i, 0], ensemble.ln_biases[layer][i, 0], eps=1e-6)
+                x = F.relu(x)
+        th.testing.assert_close(q[i], x.squeeze(-1), rtol=1e-12, atol=1e-12)
+    members = th.tensor([3, 1])
+    th.testing.assert_close(ensemble(obs, actions, members), q[members], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- torch.compile
+@pytest.fixture(scope="module")
+def compiled_model():
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, compile=True, **get_preset("tiny", learning_starts=20))
+    model.learn(40)  # warm-up: every graph compiled once
+    return model
+
+
+def test_compile_does_not_recompile_after_warmup(compiled_model):
+    from torch._dynamo.utils import counters
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    updates_before = compiled_model._n_updates
+    compiled_model.learn(25, reset_num_timesteps=False)  # 25 env steps x 2 gradient steps = 50 critic updates
+    assert compiled_model._n_updates - updates_before == 50
+    assert counters["stats"]["unique_graphs"] == graphs_before, "a graph was recompiled after warm-up"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_compile_saves_and_loads(compiled_model, tmp_path):
+    compiled_model.save(tmp_path / "compiled.zip")
+    loaded = EXPO.load(tmp_path / "compiled.zip")
+    # the policy is never replaced by a compiled module: state-dict keys are the plain ones
+    assert set(loaded.policy.state_dict()) == set(compiled_model.policy.state_dict())
+    assert not any("_orig_mod" in k for k in loaded.policy.state_dict())
+    obs = np.stack([loaded.observation_space.sample() for _ in range(3)])
+    np.testing.assert_array_equal(
+        compiled_model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0]
+    )
+
+
+def test_compiled_and_eager_update_agree(compiled_model):
+    model = compiled_model
+    data = model.replay_buffer.sample(model.batch_size)
+    outputs = {}
+    for name, fn in [("compiled", model._fns["critic_loss"]), ("eager", model._critic_loss)]:
+        th.manual_seed(5)
+        candidates = (model._fns["next_candidates"] if name == "compiled" else model._next_candidates)(data.next_observations)
+        th.manual_seed(6)
+        outputs[name] = (candidates, *fn(data.observations, data.actions, data.next_observations, data.rewards.flatten(), data.dones.flatten(), model.gamma, candidates))
+    for a, b in zip(outputs["compiled"], outputs["eager"]):
+        th.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_precision_loss_stays_finite():
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, mixed_precision=True, **get_preset("tiny", learning_starts=20))
+    model.learn(40)
+    values = model.logger.name_to_value
+    assert np.isfinite(values["train/base_loss"]) and np.isfinite(values["train/critic_loss"])
+    data = model.replay_buffer.sample(32)
+    assert th.isfinite(model._base_loss(data.observations, data.actions))
