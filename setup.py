@@ -17,6 +17,9 @@ extras = {
     "tests": ["pytest", "pytest-timeout", "tensorboard", "tqdm", "rich"],
 }
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
+# robomimic's simulator. robosuite 1.4.1 is the release that runs here; it needs mujoco < 3.10 (1.5.x pins numpy < 2).
+# Kept out of "all" because it caps mujoco for every user.
+extras["robosuite"] = ["robosuite==1.4.1", "mujoco>=3.3,<3.10", "h5py>=3.8"]
 
 setup(
     name="sb3-expo",
