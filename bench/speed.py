@@ -1,0 +1,223 @@
+"""Speed of sb3-expo, measured side by side in one run (issue: "Speed: make the EXPO update fast").
+
+Prints, for the device and thread count it runs on:
+  1. this machine's float32 matmul rate (the floor's denominator), measured now;
+  2. the EXPO update at the reference preset (UTD 20, N=8 + 8 edits, T=10, batch 256) and at the cpu preset:
+     seconds per env step, matmul FLOPs counted by torch's FlopCounterMode, achieved GFLOP/s, fraction of the floor;
+  3. the cost split of one env step (TD-target candidates, critic updates, base, edit, temperature, buffer);
+  4. gradient updates/s of EXPO with one TD candidate (N=1, no edit) beside SB3 SAC with 10 critics of the same width
+     on the same batch (whole update, and the critic part alone);
+  5. acting latency p50/p95 for one observation;
+  6. env steps per second end to end (learn()) at both presets.
+
+Usage::
+
+    python bench/speed.py                 # everything (~3-5 min on 2 CPU cores)
+    python bench/speed.py --quick         # smaller repeat counts, no reference end-to-end run
+    python bench/speed.py --threads 1 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from torch.utils.flop_counter import FlopCounterMode
+
+from sb3_expo import EXPO, get_preset
+
+ENV_ID = "Hopper-v5"  # 11-dim observations, 3-dim actions (robomimic Lift: 19 / 7)
+
+
+def _sync(device: th.device) -> None:
+    if device.type == "cuda":
+        th.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], repeats: int, device: th.device, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def matmul_rate(device: th.device, repeats: int) -> dict[str, float]:
+    """float32 GEMM GFLOP/s on the shapes that dominate EXPO (and a square one); the max is the floor's rate."""
+    shapes = {"2048^3": (2048, 2048, 2048), "40960x256x1024": (40960, 256, 1024), "40960x1024x256": (40960, 1024, 256)}
+    rates = {}
+    for name, (m, k, n) in shapes.items():
+        a, b = th.randn(m, k, device=device), th.randn(k, n, device=device)
+        seconds = min(timed(lambda: a @ b, repeats, device))
+        rates[name] = 2 * m * k * n / seconds / 1e9
+    return rates
+
+
+def make_model(preset: str, device: str, compile_: bool, **overrides: Any) -> EXPO:
+    """An EXPO model whose buffer holds random transitions (no training yet)."""
+    kwargs = get_preset(preset, **overrides)
+    kwargs["learning_starts"] = 2000
+    model = EXPO("MlpPolicy", ENV_ID, seed=0, device=device, compile=compile_, **kwargs)
+    model.learn(2000)  # random actions only: fills the buffer, no update
+    return model
+
+
+def count_flops(model: EXPO) -> float:
+    """Matmul FLOPs of one env step's update (forward + backward), counted by FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        model.train(model.gradient_steps, model.batch_size)
+    return float(counter.get_total_flops())
+
+
+def cost_split(model: EXPO, repeats: int) -> dict[str, float]:
+    """Mean seconds per env step of each labelled phase of the update (torch.profiler record_function labels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            model.train(model.gradient_steps, model.batch_size)
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.key.startswith("expo/"):
+            totals[event.key] += event.cpu_time_total / 1e6 / repeats
+    return dict(totals)
+
+
+def sac_updates_per_second(device: str, batch_size: int, gradient_steps: int, repeats: int) -> dict[str, float]:
+    """SB3 SAC with 10 critics of EXPO's critic width (256, 256, 256) on the same batch."""
+    from stable_baselines3 import SAC
+
+    sac = SAC(
+        "MlpPolicy",
+        ENV_ID,
+        batch_size=batch_size,
+        learning_starts=2000,
+        policy_kwargs=dict(n_critics=10, net_arch=[256, 256, 256]),
+        device=device,
+        seed=0,
+    )
+    sac.learn(2000)
+    seconds = statistics.median(timed(lambda: sac.train(gradient_steps, batch_size), repeats, sac.device))
+    return {"updates_per_s": gradient_steps / seconds}
+
+
+def acting_latency(model: EXPO, repeats: int) -> dict[str, float]:
+    env = gym.make(ENV_ID)
+    obs, _ = env.reset(seed=0)
+    out = {}
+    for deterministic in (False, True):
+        times = timed(lambda: model.predict(obs, deterministic=deterministic), repeats, model.device, warmup=5)
+        key = "deterministic" if deterministic else "stochastic"
+        out[f"{key}_p50_ms"] = 1e3 * float(np.percentile(times, 50))
+        out[f"{key}_p95_ms"] = 1e3 * float(np.percentile(times, 95))
+    return out
+
+
+def env_steps_per_second(model: EXPO, n_steps: int) -> float:
+    start = time.perf_counter()
+    model.learn(n_steps, reset_num_timesteps=False)
+    _sync(model.device)
+    return n_steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly: see README)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="benchmark EXPO(compile=True)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, skip the reference end-to-end run")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+
+    th.set_num_threads(args.threads)
+    device = th.device("cuda" if args.device == "auto" and th.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    reps = 2 if args.quick else 4
+    name = th.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    header = f"device={device} ({name}) | torch {th.__version__} | threads={th.get_num_threads()} | compile={args.compile}"
+    print(header)
+    results: dict[str, Any] = {"header": header}
+
+    rates = matmul_rate(device, reps + 1)
+    floor_rate = max(rates.values())
+    results["matmul_gflops"] = rates
+    print("\n## float32 matmul rate (GFLOP/s)")
+    for k, v in rates.items():
+        print(f"  {k:>16}: {v:7.1f}")
+
+    print("\n## EXPO update per env step")
+    print(f"  {'preset':<10} {'s/env step':>10} {'GFLOP':>9} {'GFLOP/s':>8} {'of matmul':>9} {'floor s':>8} {'floor/actual':>12}")
+    models = {}
+    for preset in ("reference", "cpu"):
+        model = make_model(preset, str(device), args.compile)
+        models[preset] = model
+        model.train(model.gradient_steps, model.batch_size)  # warm-up (and compilation)
+        flops = count_flops(model)
+        seconds = statistics.median(timed(lambda: model.train(model.gradient_steps, model.batch_size), reps, device, 0))
+        achieved = flops / seconds / 1e9
+        floor_s = flops / (floor_rate * 1e9)
+        results[f"update_{preset}"] = dict(seconds=seconds, gflop=flops / 1e9, gflops=achieved, floor_s=floor_s)
+        print(
+            f"  {preset:<10} {seconds:10.3f} {flops / 1e9:9.1f} {achieved:8.1f} {achieved / floor_rate:9.0%} "
+            f"{floor_s:8.3f} {floor_s / seconds:12.0%}"
+        )
+
+    print("\n## Cost split of one env step (reference preset, seconds)")
+    split = cost_split(models["reference"], max(1, reps // 2))
+    total = sum(split.values())
+    results["cost_split_reference"] = split
+    for k, v in sorted(split.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<28} {v:8.3f}  {v / total:5.0%}")
+
+    print("\n## Gradient updates/s: EXPO with one TD candidate (N=1, no edit) vs SB3 SAC, 10 critics 256x3, batch 256")
+    one = make_model("reference", str(device), args.compile, n_action_samples=1, n_edit_samples=0)
+    one.train(one.gradient_steps, one.batch_size)
+    sec = statistics.median(timed(lambda: one.train(one.gradient_steps, one.batch_size), reps, device, 0))
+    critic_split = cost_split(one, 1)
+    critic_s = critic_split.get("expo/critic_update", float("nan"))
+    sac = sac_updates_per_second(str(device), 256, 20, reps)
+    results["updates_per_s"] = dict(
+        expo_n1_whole=one.gradient_steps / sec, expo_n1_critic_only=one.gradient_steps / critic_s, sac_10_critics=sac["updates_per_s"]
+    )
+    print(f"  EXPO (N=1) whole update incl. T=10 diffusion sampling: {one.gradient_steps / sec:8.1f} updates/s")
+    print(f"  EXPO (N=1) critic updates alone:                       {one.gradient_steps / critic_s:8.1f} updates/s")
+    print(f"  SB3 SAC, n_critics=10 (critic + actor + alpha):        {sac['updates_per_s']:8.1f} updates/s")
+    print(f"  ratio EXPO critic-only / SAC: {one.gradient_steps / critic_s / sac['updates_per_s']:.2f}x;"
+          f" whole / SAC: {one.gradient_steps / sec / sac['updates_per_s']:.2f}x")
+
+    print("\n## Acting latency, one observation (ms)")
+    for preset, model in models.items():
+        lat = acting_latency(model, 50 if args.quick else 200)
+        results[f"acting_{preset}"] = lat
+        print(f"  {preset:<10} " + "  ".join(f"{k}={v:.2f}" for k, v in lat.items()))
+
+    print("\n## End-to-end env steps/s (learn(), acting + update)")
+    e2e = {"cpu": env_steps_per_second(models["cpu"], 100 if args.quick else 300)}
+    if not args.quick:
+        e2e["reference"] = env_steps_per_second(models["reference"], 3)
+    results["env_steps_per_s"] = e2e
+    for preset, v in e2e.items():
+        print(f"  {preset:<10} {v:8.2f} env steps/s  (UTD {models[preset].gradient_steps})")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
