@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -148,8 +149,12 @@ def main() -> None:
     device = th.device("cuda" if args.device == "auto" and th.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     reps = 2 if args.quick else 4
     name = th.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    header = f"device={device} ({name}) | torch {th.__version__} | threads={th.get_num_threads()} | compile={args.compile}"
-    print(header)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    header = (
+        f"device={device} ({name}) | torch {th.__version__} | threads={th.get_num_threads()} | compile={args.compile} "
+        f"| cores={os.cpu_count()} | load average at start={load:.2f}"
+    )
+    print(header, flush=True)
     results: dict[str, Any] = {"header": header}
 
     rates = matmul_rate(device, reps + 1)

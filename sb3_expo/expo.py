@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import warnings
 import zipfile
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
@@ -223,6 +224,25 @@ class EXPO(OffPolicyAlgorithm):
             self._target_entropy = float(self.target_entropy)
         self._edit_log_scale = action_dim * math.log(self.otf_config.edit_scale) if self.otf_config.edit_scale > 0 else 0.0
         self._build_step_functions()
+        self._warn_if_too_heavy_for_device()
+
+    def td_candidate_gflop_per_env_step(self) -> float:
+        """Matmul GFLOP of the TD target's candidate sampling per env step (the dominant cost of EXPO)."""
+        nk = self.policy.net_kwargs
+        h, blocks = nk["base_hidden_dim"], nk["base_n_blocks"]
+        rows = self.batch_size * max(self.gradient_steps, 1) * self.otf_config.n_action_samples
+        per_row_step = blocks * 2 * (2 * h * 4 * h)  # fc1 + fc2 of each residual block, multiply-add = 2 FLOP
+        return rows * self.diffusion_config.n_diffusion_steps * per_row_step / 1e9
+
+    def _warn_if_too_heavy_for_device(self) -> None:
+        gflop = self.td_candidate_gflop_per_env_step()
+        if self.device.type == "cpu" and gflop > 50:
+            warnings.warn(
+                f"EXPO with these settings costs ~{gflop:.0f} GFLOP per env step for the TD-target sampling alone "
+                "(the authors' settings are sized for a GPU): expect seconds per env step on a CPU. For CPU training "
+                "use the smaller preset: EXPO(..., **sb3_expo.get_preset('cpu')).",
+                stacklevel=3,
+            )
 
     def _build_step_functions(self) -> None:
         """The forward computations of the update (and of acting), optionally ``torch.compile``-d.
