@@ -43,17 +43,24 @@ def _sync(device: th.device) -> None:
         th.cuda.synchronize()
 
 
+CLOCK = "wall"  # "wall" or "cpu" (process CPU time: robust to other jobs on the machine when threads == 1)
+
+
+def _now() -> float:
+    return time.process_time() if CLOCK == "cpu" else time.perf_counter()
+
+
 def timed(fn: Callable[[], Any], repeats: int, device: th.device, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls."""
+    """Seconds (wall clock, or process CPU time with ``--clock cpu``) of ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     _sync(device)
     out = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _now()
         fn()
         _sync(device)
-        out.append(time.perf_counter() - start)
+        out.append(_now() - start)
     return out
 
 
@@ -117,6 +124,60 @@ def sac_updates_per_second(device: str, batch_size: int, gradient_steps: int, re
     return {"updates_per_s": gradient_steps / seconds}
 
 
+def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
+    """Seconds of the plain vs optimised variant of each optimisation, measured side by side."""
+    from torch import nn
+
+    from sb3_expo.otf import draw_candidates
+
+    policy, device = model.policy, model.device
+    G, B = model.gradient_steps, model.batch_size
+    data = model.replay_buffer.sample(G * B)
+    out: dict[str, float] = {}
+    with th.no_grad():
+        feats = policy.preprocess(data.next_observations)
+
+        def per_minibatch() -> None:  # plain: candidates drawn inside the critic loop, one minibatch at a time
+            for g in range(G):
+                rows = feats[g * B : (g + 1) * B]
+                draw_candidates(policy.base_policy, policy.edit_policy, rows, rows, model.otf_config)
+
+        def one_call() -> None:  # optimised: all G minibatches' next states in one batched call
+            draw_candidates(policy.base_policy, policy.edit_policy, feats, feats, model.otf_config)
+
+        out["candidates_per_minibatch_s"] = statistics.median(timed(per_minibatch, repeats, device))
+        out["candidates_one_call_s"] = statistics.median(timed(one_call, repeats, device))
+        chunk_before = model.candidate_chunk_rows
+        model.candidate_chunk_rows = 4096
+        out["candidates_chunked_4096_s"] = statistics.median(timed(lambda: model._next_candidates(data.next_observations), repeats, device))
+        model.candidate_chunk_rows = chunk_before
+
+    # Q ensemble: SB3-style Python loop over E nn.Sequential critics vs one stacked forward, fwd + bwd on batch B.
+    ens = policy.q_ensemble
+    in_dim = ens.weights[0].shape[1]
+    widths = [w.shape[2] for w in ens.weights]
+    loop = nn.ModuleList()
+    for _ in range(ens.n_critics):
+        layers: list[nn.Module] = []
+        last = in_dim
+        for w in widths[:-1]:
+            layers += [nn.Linear(last, w), nn.LayerNorm(w), nn.ReLU()]
+            last = w
+        layers.append(nn.Linear(last, 1))
+        loop.append(nn.Sequential(*layers))
+    loop.to(device)
+    obs = th.randn(B, in_dim - model.action_space.shape[0], device=device)  # type: ignore[index]
+    act = th.randn(B, model.action_space.shape[0], device=device)  # type: ignore[index]
+    x = th.cat([obs, act], -1)
+    out["ensemble_loop_fwd_bwd_s"] = statistics.median(
+        timed(lambda: th.stack([q(x) for q in loop]).pow(2).mean().backward(), repeats * 5, device)
+    )
+    out["ensemble_batched_fwd_bwd_s"] = statistics.median(
+        timed(lambda: ens(obs, act).pow(2).mean().backward(), repeats * 5, device)
+    )
+    return out
+
+
 def acting_latency(model: EXPO, repeats: int) -> dict[str, float]:
     env = gym.make(ENV_ID)
     obs, _ = env.reset(seed=0)
@@ -130,10 +191,10 @@ def acting_latency(model: EXPO, repeats: int) -> dict[str, float]:
 
 
 def env_steps_per_second(model: EXPO, n_steps: int) -> float:
-    start = time.perf_counter()
+    start = _now()
     model.learn(n_steps, reset_num_timesteps=False)
     _sync(model.device)
-    return n_steps / (time.perf_counter() - start)
+    return n_steps / (_now() - start)
 
 
 def main() -> None:
@@ -143,7 +204,16 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="benchmark EXPO(compile=True)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, skip the reference end-to-end run")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="'cpu' times with the process CPU clock: with --threads 1 it measures the work done on one core even "
+        "when other jobs share the machine (use it on a busy machine; CUDA timings need 'wall')",
+    )
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = args.clock
 
     th.set_num_threads(args.threads)
     device = th.device("cuda" if args.device == "auto" and th.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
@@ -152,7 +222,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
         f"device={device} ({name}) | torch {th.__version__} | threads={th.get_num_threads()} | compile={args.compile} "
-        f"| cores={os.cpu_count()} | load average at start={load:.2f}"
+        f"| cores={os.cpu_count()} | load average at start={load:.2f} | clock={args.clock}"
     )
     print(header, flush=True)
     results: dict[str, Any] = {"header": header}
@@ -203,6 +273,15 @@ def main() -> None:
     print(f"  SB3 SAC, n_critics=10 (critic + actor + alpha):        {sac['updates_per_s']:8.1f} updates/s")
     print(f"  ratio EXPO critic-only / SAC: {one.gradient_steps / critic_s / sac['updates_per_s']:.2f}x;"
           f" whole / SAC: {one.gradient_steps / sec / sac['updates_per_s']:.2f}x")
+
+    print("\n## Optimisations, plain vs optimised, measured side by side (seconds)")
+    for preset in ("reference", "cpu"):
+        abl = optimisation_ablations(models[preset], reps)
+        results[f"ablations_{preset}"] = abl
+        print(f"  [{preset}] TD candidates: per minibatch {abl['candidates_per_minibatch_s']:.3f} | one call "
+              f"{abl['candidates_one_call_s']:.3f} | chunked 4096 rows {abl['candidates_chunked_4096_s']:.3f}")
+        print(f"  [{preset}] Q ensemble fwd+bwd (batch {models[preset].batch_size}): loop over critics "
+              f"{abl['ensemble_loop_fwd_bwd_s'] * 1e3:.2f} ms | stacked {abl['ensemble_batched_fwd_bwd_s'] * 1e3:.2f} ms")
 
     print("\n## Acting latency, one observation (ms)")
     for preset, model in models.items():
