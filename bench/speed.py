@@ -92,18 +92,21 @@ def count_flops(model: EXPO) -> float:
 
 
 def cost_split(model: EXPO, repeats: int) -> dict[str, float]:
-    """Mean seconds per env step of each labelled phase of the update (torch.profiler record_function labels)."""
-    from torch.profiler import ProfilerActivity, profile
+    """Seconds per env step of each phase of the update, each timed on its own with the chosen clock."""
+    G, B, device = model.gradient_steps, model.batch_size, model.device
+    data = model.replay_buffer.sample(G * B)
+    candidates = model._next_candidates(data.next_observations)
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(repeats):
-            model.train(model.gradient_steps, model.batch_size)
-    totals: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        if event.key.startswith("expo/"):
-            totals[event.key] += event.cpu_time_total / 1e6 / repeats
-    return dict(totals)
+    def phase(**flags: Any) -> float:
+        return statistics.median(timed(lambda: model._update(data, G, B, **flags), repeats, device))
+
+    return {
+        "buffer sample (G*B rows, 1 call)": statistics.median(timed(lambda: model.replay_buffer.sample(G * B), repeats, device)),
+        "TD-target candidates (1 call)": statistics.median(timed(lambda: model._next_candidates(data.next_observations), repeats, device)),
+        f"critic updates (x{G}, incl. argmax)": phase(update_base=False, update_edit=False, next_candidates=candidates),
+        "base policy update": phase(update_critic=False, update_edit=False),
+        "edit policy + temperature update": phase(update_critic=False, update_base=False),
+    }
 
 
 def sac_updates_per_second(device: str, batch_size: int, gradient_steps: int, repeats: int) -> dict[str, float]:
@@ -251,25 +254,25 @@ def main() -> None:
             f"{floor_s:8.3f} {floor_s / seconds:12.0%}"
         )
 
-    print("\n## Cost split of one env step (reference preset, seconds)")
-    split = cost_split(models["reference"], max(1, reps // 2))
-    total = sum(split.values())
-    results["cost_split_reference"] = split
-    for k, v in sorted(split.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:<28} {v:8.3f}  {v / total:5.0%}")
+    for preset in ("reference", "cpu"):
+        print(f"\n## Cost split of one env step ({preset} preset, seconds)")
+        split = cost_split(models[preset], reps)
+        total = sum(split.values())
+        results[f"cost_split_{preset}"] = split
+        for k, v in split.items():
+            print(f"  {k:<36} {v:8.4f}  {v / total:5.0%}")
 
     print("\n## Gradient updates/s: EXPO with one TD candidate (N=1, no edit) vs SB3 SAC, 10 critics 256x3, batch 256")
-    one = make_model("reference", str(device), args.compile, n_action_samples=1, n_edit_samples=0)
+    one = make_model("reference", str(device), args.compile, n_action_samples=1, n_edit_samples=0, edit_scale=0.0)
     one.train(one.gradient_steps, one.batch_size)
     sec = statistics.median(timed(lambda: one.train(one.gradient_steps, one.batch_size), reps, device, 0))
-    critic_split = cost_split(one, 1)
-    critic_s = critic_split.get("expo/critic_update", float("nan"))
-    sac = sac_updates_per_second(str(device), 256, 20, reps)
+    critic_s = cost_split(one, reps)[f"critic updates (x{one.gradient_steps}, incl. argmax)"]
+    sac = sac_updates_per_second(str(device), 256, one.gradient_steps, reps)
     results["updates_per_s"] = dict(
         expo_n1_whole=one.gradient_steps / sec, expo_n1_critic_only=one.gradient_steps / critic_s, sac_10_critics=sac["updates_per_s"]
     )
     print(f"  EXPO (N=1) whole update incl. T=10 diffusion sampling: {one.gradient_steps / sec:8.1f} updates/s")
-    print(f"  EXPO (N=1) critic updates alone:                       {one.gradient_steps / critic_s:8.1f} updates/s")
+    print(f"  EXPO (N=1) critic updates alone (ensemble machinery):  {one.gradient_steps / critic_s:8.1f} updates/s")
     print(f"  SB3 SAC, n_critics=10 (critic + actor + alpha):        {sac['updates_per_s']:8.1f} updates/s")
     print(f"  ratio EXPO critic-only / SAC: {one.gradient_steps / critic_s / sac['updates_per_s']:.2f}x;"
           f" whole / SAC: {one.gradient_steps / sec / sac['updates_per_s']:.2f}x")

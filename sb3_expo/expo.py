@@ -410,10 +410,12 @@ class EXPO(OffPolicyAlgorithm):
         update_critic: bool = True,
         update_base: bool = True,
         update_edit: bool = True,
+        next_candidates: Optional[th.Tensor] = None,
     ) -> dict[str, th.Tensor]:
         """The EXPO update on ``gradient_steps`` minibatches of ``batch_size`` rows laid out contiguously in ``data``.
 
-        Returns detached scalar tensors, reduced on the device: no host sync in here.
+        :param next_candidates: precomputed TD-target candidates (benchmarks time the critic updates alone with it).
+        :return: detached scalar tensors, reduced on the device: no host sync in here.
         """
         policy, fns = self.policy, self._fns
         stats: dict[str, th.Tensor] = {}
@@ -422,8 +424,9 @@ class EXPO(OffPolicyAlgorithm):
         if update_critic:
             # 1. OTF candidates for the next states of ALL minibatches in one batched call: the base and edit policies
             #    do not change during the critic updates of one env step.
-            with record_function("expo/td_candidates"):
-                next_candidates = fns["next_candidates"](data.next_observations)
+            if next_candidates is None:
+                with record_function("expo/td_candidates"):
+                    next_candidates = fns["next_candidates"](data.next_observations)
             # 2. gradient_steps critic updates; only the argmax over candidates uses the current target critic.
             losses, q_means, edited = [], [], []
             for g in range(gradient_steps):

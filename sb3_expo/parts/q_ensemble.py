@@ -68,23 +68,21 @@ class QEnsemble(nn.Module):
         """
         x = th.cat([obs, actions], dim=-1)
         n_hidden = len(self.weights) - 1
+        n_members = self.n_critics if members is None else members.shape[0]
+        x = x.expand(n_members, *x.shape)  # shared input: a stride-0 view, no copy
         for i in range(n_hidden + 1):
             w, b = self.weights[i], self.biases[i]
             if members is not None:
                 w, b = w[members], b[members]
-            if i == 0:
-                # Shared input: one GEMM against all members' weights side by side, (B, in) @ (in, E*out).
-                e, d_in, d_out = w.shape
-                x = (x @ w.permute(1, 0, 2).reshape(d_in, e * d_out)).view(-1, e, d_out).transpose(0, 1) + b
-            else:
-                x = th.baddbmm(b, x, w)
+            x = th.baddbmm(b, x, w)  # all members in one batched GEMM: (E, B, in) @ (E, in, out) + (E, 1, out)
             if i < n_hidden:
                 if self.layer_norm:
                     lw, lb = self.ln_weights[i], self.ln_biases[i]
                     if members is not None:
                         lw, lb = lw[members], lb[members]
-                    x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * lw + lb  # flax LayerNorm eps
-                x = F.relu(x)
+                    # flax LayerNorm (eps 1e-6) with a per-member affine, fused into one addcmul
+                    x = th.addcmul(lb, F.layer_norm(x, x.shape[-1:], eps=1e-6), lw)
+                x = F.relu_(x) if self.layer_norm else F.relu(x)
                 if self.dropout > 0:
                     x = F.dropout(x, self.dropout, self.training)
         return x.squeeze(-1)
