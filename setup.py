@@ -11,7 +11,8 @@ extras = {
     # robomimic is installed without its dependencies in .ci/run (its torchvision pin would replace a CPU torch
     # with a CUDA build); these are the light packages its dataset utilities need.
     "robomimic": ["h5py>=3.8", "psutil", "termcolor", "tensorboardX", "imageio", "imageio-ffmpeg"],
-    "zoo": ["rl_zoo3>=2.3.0", "optuna", "pyyaml"],
+    # requests: rl_zoo3's enjoy imports it; matplotlib: the main job's learning-curve plot.
+    "zoo": ["rl_zoo3>=2.3.0", "optuna", "pyyaml", "requests", "matplotlib"],
     "bench": ["matplotlib", "rliable", "pandas"],
     "mujoco": ["gymnasium[mujoco]>=1.0.0", "gymnasium-robotics>=1.3.0"],
     "tests": ["pytest", "pytest-timeout", "tensorboard", "tqdm", "rich"],
