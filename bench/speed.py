@@ -229,6 +229,14 @@ def main() -> None:
     )
     print(header, flush=True)
     results: dict[str, Any] = {"header": header}
+    tag = f"[{device.type}, torch {th.__version__}, {th.get_num_threads()} thread(s), {args.clock} clock]"
+    _print = print
+
+    def print(*a: Any, **k: Any) -> None:  # every table title carries the device, torch version and threads
+        if a and isinstance(a[0], str) and a[0].startswith("\n## "):
+            a = (f"{a[0]} {tag}", *a[1:])
+        _print(*a, flush=True, **k)
+
 
     rates = matmul_rate(device, reps + 1)
     floor_rate = max(rates.values())
