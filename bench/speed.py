@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import platform
@@ -227,10 +228,10 @@ def main() -> None:
         f"device={device} ({name}) | torch {th.__version__} | threads={th.get_num_threads()} | compile={args.compile} "
         f"| cores={os.cpu_count()} | load average at start={load:.2f} | clock={args.clock}"
     )
-    print(header, flush=True)
+    builtins.print(header, flush=True)
     results: dict[str, Any] = {"header": header}
     tag = f"[{device.type}, torch {th.__version__}, {th.get_num_threads()} thread(s), {args.clock} clock]"
-    _print = print
+    _print = builtins.print
 
     def print(*a: Any, **k: Any) -> None:  # every table title carries the device, torch version and threads
         if a and isinstance(a[0], str) and a[0].startswith("\n## "):
