@@ -76,9 +76,12 @@ def matmul_rate(device: th.device, repeats: int) -> dict[str, float]:
     return rates
 
 
+SMOKE = False  # --smoke: every section runs on the tiny preset (checks that the script works, measures nothing)
+
+
 def make_model(preset: str, device: str, compile_: bool, **overrides: Any) -> EXPO:
     """An EXPO model whose buffer holds random transitions (no training yet)."""
-    kwargs = get_preset(preset, **overrides)
+    kwargs = get_preset("tiny" if SMOKE else preset, **overrides)
     kwargs["learning_starts"] = 2000
     model = EXPO("MlpPolicy", ENV_ID, seed=0, device=device, compile=compile_, **kwargs)
     model.learn(2000)  # random actions only: fills the buffer, no update
@@ -215,9 +218,12 @@ def main() -> None:
         help="'cpu' times with the process CPU clock: with --threads 1 it measures the work done on one core even "
         "when other jobs share the machine (use it on a busy machine; CUDA timings need 'wall')",
     )
+    parser.add_argument("--smoke", action="store_true", help="tiny networks everywhere: a quick check that the script runs")
     args = parser.parse_args()
-    global CLOCK
-    CLOCK = args.clock
+    global CLOCK, SMOKE
+    CLOCK, SMOKE = args.clock, args.smoke
+    if args.smoke:
+        args.quick = True
 
     th.set_num_threads(args.threads)
     device = th.device("cuda" if args.device == "auto" and th.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
@@ -239,7 +245,7 @@ def main() -> None:
         _print(*a, flush=True, **k)
 
 
-    rates = matmul_rate(device, reps + 1)
+    rates = matmul_rate(device, 1 if args.smoke else reps + 1)
     floor_rate = max(rates.values())
     results["matmul_gflops"] = rates
     print("\n## float32 matmul rate (GFLOP/s)")
@@ -276,7 +282,7 @@ def main() -> None:
     one.train(one.gradient_steps, one.batch_size)
     sec = statistics.median(timed(lambda: one.train(one.gradient_steps, one.batch_size), reps, device, 0))
     critic_s = cost_split(one, reps)[f"critic updates (x{one.gradient_steps}, incl. argmax)"]
-    sac = sac_updates_per_second(str(device), 256, one.gradient_steps, reps)
+    sac = sac_updates_per_second(str(device), 256, one.gradient_steps, 1 if args.smoke else reps)
     results["updates_per_s"] = dict(
         expo_n1_whole=one.gradient_steps / sec, expo_n1_critic_only=one.gradient_steps / critic_s, sac_10_critics=sac["updates_per_s"]
     )
