@@ -180,19 +180,19 @@ def test_ablation_switches_train(overrides):
 
 # ---------------------------------------------------------------- SB3 features
 def test_callbacks_progress_bar_and_tensorboard(tmp_path):
-    env = gym.make("Pendulum-v1")
-    eval_env = gym.make("Pendulum-v1")
+    env = gym.make("Pendulum-v1", max_episode_steps=60)
+    eval_env = gym.make("Pendulum-v1", max_episode_steps=10)
     callbacks = CallbackList(
         [
-            CheckpointCallback(save_freq=40, save_path=str(tmp_path / "ckpt"), name_prefix="expo"),
-            EvalCallback(eval_env, eval_freq=50, n_eval_episodes=1, log_path=str(tmp_path / "eval")),
+            CheckpointCallback(save_freq=25, save_path=str(tmp_path / "ckpt"), name_prefix="expo"),
+            EvalCallback(eval_env, eval_freq=30, n_eval_episodes=1, log_path=str(tmp_path / "eval")),
             StopTrainingOnMaxEpisodes(max_episodes=1),
         ]
     )
     model = EXPO("MlpPolicy", env, seed=0, tensorboard_log=str(tmp_path / "tb"), **tiny(learning_starts=20))
     model.learn(400, callback=callbacks, progress_bar=True)
-    # StopTrainingOnMaxEpisodes stops at the end of the first 200-step episode
-    assert model.num_timesteps == 200
+    # StopTrainingOnMaxEpisodes stops at the end of the first (60-step) episode
+    assert model.num_timesteps == 60
     ckpts = sorted(glob.glob(str(tmp_path / "ckpt" / "*.zip")))
     assert ckpts and EXPO.load(ckpts[-1]).num_timesteps > 0
     assert os.path.exists(tmp_path / "eval" / "evaluations.npz")
