@@ -303,19 +303,14 @@ class MinariReplayBuffer(OfflineReplayBuffer):
         buffer_size: int,
         observation_space: spaces.Space,
         action_space: spaces.Space,
-        device: th.device | str = "auto",
-        n_envs: int = 1,
-        optimize_memory_usage: bool = False,
-        handle_timeout_termination: bool = True,
-        *,
+        *args: Any,
         dataset_id: str,
         obs_keys: Sequence[str] | None = None,
         out_of_bounds: OutOfBounds = "error",
         download: bool = False,
-        offline_fraction: float = 0.5,
-        reward_shift: float = 0.0,
-        reward_scale: float = 1.0,
+        **kwargs: Any,
     ):
+        # Load and validate everything before SB3 allocates the online part: nothing half-built on error.
         dataset = load_minari_dataset(
             dataset_id,
             env_action_space=action_space,
@@ -324,19 +319,8 @@ class MinariReplayBuffer(OfflineReplayBuffer):
             out_of_bounds=out_of_bounds,
             download=download,
         )
-        super().__init__(
-            buffer_size,
-            observation_space,
-            action_space,
-            device=device,
-            n_envs=n_envs,
-            optimize_memory_usage=optimize_memory_usage,
-            handle_timeout_termination=handle_timeout_termination,
-            dataset=dataset,
-            offline_fraction=offline_fraction,
-            reward_shift=reward_shift,
-            reward_scale=reward_scale,
-        )
+        # *args/**kwargs: SB3's ReplayBuffer arguments and OfflineReplayBuffer's (offline_fraction, reward_shift, ...)
+        super().__init__(buffer_size, observation_space, action_space, *args, dataset=dataset, **kwargs)
         self.dataset_id = dataset_id
 
 
@@ -375,19 +359,13 @@ class RobomimicReplayBuffer(OfflineReplayBuffer):
         buffer_size: int,
         observation_space: spaces.Space,
         action_space: spaces.Space,
-        device: th.device | str = "auto",
-        n_envs: int = 1,
-        optimize_memory_usage: bool = False,
-        handle_timeout_termination: bool = True,
-        *,
+        *args: Any,
         path: str | os.PathLike,
         obs_keys: Sequence[str],
         filter_key: str | None = None,
         done_mode: DoneMode = "dones",
         out_of_bounds: OutOfBounds = "error",
-        offline_fraction: float = 0.5,
-        reward_shift: float = 0.0,
-        reward_scale: float = 1.0,
+        **kwargs: Any,
     ):
         dataset = load_robomimic_dataset(
             path,
@@ -398,18 +376,6 @@ class RobomimicReplayBuffer(OfflineReplayBuffer):
             out_of_bounds=out_of_bounds,
             done_mode=done_mode,
         )
-        super().__init__(
-            buffer_size,
-            observation_space,
-            action_space,
-            device=device,
-            n_envs=n_envs,
-            optimize_memory_usage=optimize_memory_usage,
-            handle_timeout_termination=handle_timeout_termination,
-            dataset=dataset,
-            offline_fraction=offline_fraction,
-            reward_shift=reward_shift,
-            reward_scale=reward_scale,
-        )
+        super().__init__(buffer_size, observation_space, action_space, *args, dataset=dataset, **kwargs)
         self.path = os.fspath(path)
         self.obs_keys = list(obs_keys)
