@@ -1,0 +1,688 @@
+"""Sample-efficiency benchmark: EXPO beside SAC, an RLPD-style SAC, the imitation-only base and EXPO's ablations.
+
+Tasks (2-core CPU, data written locally by ``sb3_expo.datasets.make_minari``, no download):
+
+* ``pendulum``: Pendulum-v1 (dense reward) with a small mediocre Minari dataset (10 noisy scripted episodes);
+* ``mountaincar``: MountainCarContinuous-v0 (+100 at the goal, small action penalty: sparse for the goal) with
+  5 noisy scripted demos that reach the goal.
+
+Methods (same env-step budget, same offline data where they use it, same seeds, ``deterministic=True`` evaluation):
+
+* ``expo``: EXPO, ``cpu`` preset, 50/50 offline/online minibatches, base pretrained on the offline data;
+* ``sac``: SB3 SAC with its defaults, no data;
+* ``rlpd``: SB3 SAC with the same 50/50 ``MinariReplayBuffer``, 10 critics, EXPO cpu's UTD (4), batch (128) and
+  critic width. Not full RLPD: SB3 SAC has no LayerNorm critics and takes the min over ALL 10 critics (RLPD: a
+  random subset of 2) in the target and in the actor loss (RLPD: the mean);
+* ``base_only``: the pretrained diffusion base alone (EXPO with ``edit_scale=0, n_action_samples=1``, same
+  pretraining), evaluated without any online step: imitation only;
+* ``expo_best_of_n``: EXPO with ``edit_scale=0`` (best-of-N base samples, no edit policy);
+* ``expo_random_select``: EXPO with ``selection="random"`` (no max-Q selection);
+* ``expo_no_data`` (dense task only): ``EXPO("MlpPolicy", env, **cpu preset)`` without a dataset.
+
+Every (task, method, seed) run is cached as ``<cache>/runs/<task>/<method>/seed<k>.json`` (written after every
+evaluation, with a checkpoint for resuming), so the table can be built over several invocations::
+
+    python -m bench.sample_efficiency --quick                       # smoke test: 1 seed, tiny budgets (~2-3 min)
+    python -m bench.sample_efficiency --seeds 0 1 2 3 4 --jobs 2    # the full run (resumable)
+    python -m bench.sample_efficiency --report-only                 # table + plots from whatever is cached
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Optional
+
+import numpy as np
+
+if __package__ in (None, ""):  # ``python bench/sample_efficiency.py``: make ``bench`` importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from bench.metrics import Interval, bootstrap_ci, compare, curve_intervals, ratio_to_reference, steps_to_threshold
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = REPO / "bench" / "cache"
+DEFAULT_RESULTS = REPO / "bench" / "results"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One benchmark task: env, local dataset, budgets and the threshold for steps-to-threshold."""
+
+    env_id: str
+    dataset_id: str
+    dataset_episodes: int
+    dataset_quality: str
+    steps: int  # env-step budget of every learning method
+    eval_every: int
+    threshold: float
+    budgets: tuple[int, ...]  # steps at which the IQM table is reported (the last one = ``steps``)
+    reward_kind: str
+    methods: tuple[str, ...]
+
+
+MAIN_METHODS = ("expo", "sac", "rlpd", "base_only", "expo_best_of_n", "expo_random_select")
+TASKS: dict[str, Task] = {
+    "pendulum": Task(
+        env_id="Pendulum-v1",
+        dataset_id="sb3-expo-bench/pendulum-medium-v0",
+        dataset_episodes=10,
+        dataset_quality="medium",
+        steps=1500,
+        eval_every=250,
+        threshold=-300.0,
+        budgets=(500, 1000, 1500),
+        reward_kind="dense",
+        methods=MAIN_METHODS + ("expo_no_data",),
+    ),
+    "mountaincar": Task(
+        env_id="MountainCarContinuous-v0",
+        dataset_id="sb3-expo-bench/mountaincar-medium-v0",
+        dataset_episodes=5,
+        dataset_quality="medium",
+        steps=1500,
+        eval_every=500,
+        threshold=50.0,
+        budgets=(500, 1000, 1500),
+        reward_kind="sparse (goal)",
+        methods=MAIN_METHODS,
+    ),
+}
+ALL_METHODS = MAIN_METHODS + ("expo_no_data",)
+LABELS = {
+    "expo": "EXPO",
+    "sac": "SAC (no data)",
+    "rlpd": "RLPD-style SAC",
+    "base_only": "base only (imitation)",
+    "expo_best_of_n": "EXPO best-of-N (edit_scale=0)",
+    "expo_random_select": "EXPO random select",
+    "expo_no_data": "EXPO (no data)",
+}
+OFFLINE_METHODS = {"expo", "rlpd", "base_only", "expo_best_of_n", "expo_random_select"}
+PRETRAINED_METHODS = {"expo", "base_only", "expo_best_of_n", "expo_random_select"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Budgets and settings shared by all runs of one invocation (part of each run's cache key)."""
+
+    steps: Optional[int] = None  # None: the task's own
+    eval_every: Optional[int] = None
+    eval_episodes: int = 3
+    static_eval_episodes: int = 10  # base_only: one evaluation (it does not learn)
+    learning_starts: int = 300  # random-action warm-up, the same for every learning method
+    pretrain_steps: int = 1000
+    preset: str = "cpu"
+    max_episode_steps: Optional[int] = None  # None: the env's own TimeLimit
+    threads: int = 1
+
+    def task_steps(self, task: Task) -> int:
+        return self.steps or task.steps
+
+    def task_eval_every(self, task: Task) -> int:
+        return self.eval_every or task.eval_every
+
+    def key(self, task: Task) -> dict[str, Any]:
+        """What must match for a cached run to be reused."""
+        return dict(
+            version=FORMAT_VERSION,
+            env_id=task.env_id,
+            dataset_id=task.dataset_id,
+            steps=self.task_steps(task),
+            eval_every=self.task_eval_every(task),
+            eval_episodes=self.eval_episodes,
+            static_eval_episodes=self.static_eval_episodes,
+            learning_starts=self.learning_starts,
+            pretrain_steps=self.pretrain_steps,
+            preset=self.preset,
+            max_episode_steps=self.max_episode_steps,
+        )
+
+
+QUICK = dict(steps=200, eval_every=100, eval_episodes=1, static_eval_episodes=2, learning_starts=150,
+             pretrain_steps=100, max_episode_steps=200)  # fmt: skip
+TINY = dict(steps=60, eval_every=30, eval_episodes=1, static_eval_episodes=1, learning_starts=30, pretrain_steps=10,
+            max_episode_steps=50, preset="tiny")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+def ensure_datasets(task_names: list[str], cache_dir: pathlib.Path) -> None:
+    """Write each task's Minari dataset under ``<cache>/minari`` with the project's dataset command (idempotent)."""
+    os.environ["MINARI_DATASETS_PATH"] = str(cache_dir / "minari")
+    from sb3_expo.datasets.make_minari import episode_returns, make_minari_dataset
+
+    for name in task_names:
+        task = TASKS[name]
+        ds = make_minari_dataset(
+            task.env_id, task.dataset_id, n_episodes=task.dataset_episodes, seed=0, quality=task.dataset_quality
+        )
+        rets = episode_returns(ds)
+        print(f"dataset {task.dataset_id}: {ds.total_episodes} episodes, {ds.total_steps} steps, "
+              f"return {rets.mean():.1f} (min {rets.min():.1f}, max {rets.max():.1f})", flush=True)  # fmt: skip
+
+
+def dataset_summary(task: Task, cache_dir: pathlib.Path) -> dict[str, float]:
+    os.environ["MINARI_DATASETS_PATH"] = str(cache_dir / "minari")
+    import minari
+
+    from sb3_expo.datasets.make_minari import episode_returns
+
+    ds = minari.load_dataset(task.dataset_id)
+    rets = episode_returns(ds)
+    return dict(episodes=int(ds.total_episodes), transitions=int(ds.total_steps), mean_return=float(rets.mean()),
+                min_return=float(rets.min()), max_return=float(rets.max()))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def make_env(task: Task, cfg: RunConfig):
+    import gymnasium as gym
+
+    kwargs = {} if cfg.max_episode_steps is None else dict(max_episode_steps=cfg.max_episode_steps)
+    return gym.make(task.env_id, **kwargs)
+
+
+def build_model(method: str, task: Task, cfg: RunConfig, env: Any, seed: int) -> Any:
+    """The model of one method (see the module docstring)."""
+    from stable_baselines3 import SAC
+
+    from sb3_expo import EXPO
+    from sb3_expo.presets import get_preset
+    from sb3_expo.wrappers import MinariReplayBuffer
+
+    steps = cfg.task_steps(task)
+    offline = dict(
+        replay_buffer_class=MinariReplayBuffer,
+        replay_buffer_kwargs=dict(dataset_id=task.dataset_id, offline_fraction=0.5),
+    )
+    common = dict(learning_starts=cfg.learning_starts, buffer_size=max(steps, 1000), seed=seed, device="cpu", verbose=0)
+    preset = get_preset(cfg.preset)
+    if method == "sac":
+        return SAC("MlpPolicy", env, **common)
+    if method == "rlpd":
+        critic = preset["policy_kwargs"]["critic_net_arch"]
+        return SAC(
+            "MlpPolicy",
+            env,
+            batch_size=preset["batch_size"],
+            gradient_steps=preset["gradient_steps"],
+            learning_rate=preset.get("learning_rate", 3e-4),
+            policy_kwargs=dict(n_critics=preset["policy_kwargs"]["n_critics"], net_arch=dict(pi=[256, 256], qf=critic)),
+            **offline,
+            **common,
+        )
+    overrides: dict[str, Any] = {}
+    if method == "expo_best_of_n":
+        overrides = dict(edit_scale=0.0)
+    elif method == "expo_random_select":
+        overrides = dict(selection="random")
+    elif method == "base_only":
+        overrides = dict(edit_scale=0.0, n_action_samples=1, n_edit_samples=0)
+    elif method not in ("expo", "expo_no_data"):
+        raise ValueError(f"unknown method {method!r}; known: {ALL_METHODS}")
+    kwargs = get_preset(cfg.preset, **overrides, **common)
+    if method != "expo_no_data":
+        kwargs.update(offline)
+    return EXPO("MlpPolicy", env, **kwargs)
+
+
+def evaluate(model: Any, env: Any, episodes: int, seed: int) -> list[float]:
+    """Undiscounted returns of ``episodes`` deterministic episodes; episode ``i`` resets with seed ``seed + i``
+    (the same eval seeds for every method and evaluation point of one run seed)."""
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return returns
+
+
+# ---------------------------------------------------------------------------------------------------- one run
+def run_path(cache_dir: pathlib.Path, task: str, method: str, seed: int) -> pathlib.Path:
+    return cache_dir / "runs" / task / method / f"seed{seed}.json"
+
+
+def load_run(path: pathlib.Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written JSON
+
+
+def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: str) -> dict[str, Any]:
+    """Train and evaluate one (task, method, seed); resume from its checkpoint, or return the cached result."""
+    import torch as th
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.utils import set_random_seed
+
+    from sb3_expo import EXPO
+
+    th.set_num_threads(cfg.threads)
+    cache = pathlib.Path(cache_dir)
+    os.environ["MINARI_DATASETS_PATH"] = str(cache / "minari")
+    task = TASKS[task_name]
+    key = cfg.key(task)
+    path = run_path(cache, task_name, method, seed)
+    ckpt, buf = path.with_suffix(".ckpt.zip"), path.with_suffix(".buffer.pkl")
+    tag = f"[{task_name}/{method}/seed{seed}]"
+    old = load_run(path)
+    if old is not None and old.get("key") == key and old.get("complete"):
+        print(f"{tag} cached", flush=True)
+        return old
+
+    steps, eval_every = cfg.task_steps(task), cfg.task_eval_every(task)
+    env, eval_env = make_env(task, cfg), make_env(task, cfg)
+    eval_seed = 10_000 + 100 * seed
+    cls = SAC if method in ("sac", "rlpd") else EXPO
+    record: dict[str, Any]
+    start = time.time()
+    if (
+        old is not None and old.get("key") == key and ckpt.exists() and buf.exists()
+        and old.get("checkpoint_step") == old["steps"][-1]
+    ):  # fmt: skip
+        model = cls.load(ckpt, env=env, device="cpu")
+        model.load_replay_buffer(buf)
+        model._last_obs = None  # start a fresh episode (the interrupted one is lost)
+        set_random_seed(seed + 7919 * int(old["steps"][-1]))
+        record = old
+        record.setdefault("resumed_at", []).append(int(old["steps"][-1]))
+        print(f"{tag} resuming at step {old['steps'][-1]}", flush=True)
+        prior_time = float(record.get("train_seconds", 0.0))
+    else:
+        model = build_model(method, task, cfg, env, seed)
+        record = dict(task=task_name, method=method, seed=seed, key=key, steps=[], returns=[], episode_returns=[],
+                      complete=False, torch_threads=th.get_num_threads())  # fmt: skip
+        prior_time = 0.0
+        if method in PRETRAINED_METHODS:
+            t0 = time.time()
+            model.pretrain(cfg.pretrain_steps, progress_bar=False, log_interval=10**9)
+            record["pretrain_seconds"] = time.time() - t0
+        if method == "base_only":  # imitation only: one evaluation, no online step
+            rets = evaluate(model, eval_env, cfg.static_eval_episodes, eval_seed)
+            record.update(steps=[0], returns=[float(np.mean(rets))], episode_returns=[rets], static=True, complete=True)
+            record["train_seconds"] = 0.0
+            _write_json(path, record)
+            print(f"{tag} base only: return {np.mean(rets):.1f} over {len(rets)} episodes", flush=True)
+            return record
+        rets = evaluate(model, eval_env, cfg.eval_episodes, eval_seed)
+        record["steps"].append(0)
+        record["returns"].append(float(np.mean(rets)))
+        record["episode_returns"].append(rets)
+        _write_json(path, record)
+
+    train_time = 0.0
+    while model.num_timesteps < steps:
+        chunk = min(eval_every - model.num_timesteps % eval_every, steps - model.num_timesteps)
+        t0 = time.time()
+        model.learn(chunk, reset_num_timesteps=model.num_timesteps == 0, progress_bar=False)
+        train_time += time.time() - t0
+        rets = evaluate(model, eval_env, cfg.eval_episodes, eval_seed)
+        record["steps"].append(int(model.num_timesteps))
+        record["returns"].append(float(np.mean(rets)))
+        record["episode_returns"].append(rets)
+        record["train_seconds"] = prior_time + train_time
+        record["complete"] = model.num_timesteps >= steps
+        if not record["complete"]:
+            model.save(ckpt)
+            model.save_replay_buffer(buf)
+            record["checkpoint_step"] = int(model.num_timesteps)
+        _write_json(path, record)
+        print(f"{tag} step {model.num_timesteps}: return {np.mean(rets):.1f} "
+              f"({(time.time() - start):.0f} s wall)", flush=True)  # fmt: skip
+    record["seconds_per_step"] = record["train_seconds"] / max(steps, 1)
+    _write_json(path, record)
+    for f in (ckpt, buf):
+        f.unlink(missing_ok=True)
+    return record
+
+
+def _run_job(args: tuple[str, str, int, RunConfig, str]) -> tuple[str, str, int, Optional[str]]:
+    task, method, seed, cfg, cache = args
+    try:
+        run_one(task, method, seed, cfg, cache)
+        return task, method, seed, None
+    except Exception as e:  # report and go on with the other runs
+        import traceback
+
+        traceback.print_exc()
+        return task, method, seed, f"{type(e).__name__}: {e}"
+
+
+def run_all(jobs_list: list[tuple[str, str, int]], cfg: RunConfig, cache_dir: pathlib.Path, jobs: int) -> list[str]:
+    """Run the (task, method, seed) jobs in the given order, ``jobs`` processes side by side."""
+    args = [(t, m, s, cfg, str(cache_dir)) for t, m, s in jobs_list]
+    failures = []
+    if jobs <= 1:
+        for a in args:
+            *_, err = _run_job(a)
+            if err:
+                failures.append(f"{a[0]}/{a[1]}/seed{a[2]}: {err}")
+        return failures
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_job, a) for a in args]
+        for fut in as_completed(futures):
+            t, m, s, err = fut.result()
+            if err:
+                failures.append(f"{t}/{m}/seed{s}: {err}")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def collect(cache_dir: pathlib.Path, cfg: RunConfig, task_names: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """Cached runs whose key matches ``cfg`` (complete or not), by task and method."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for name in task_names:
+        task = TASKS[name]
+        out[name] = {}
+        for method in task.methods:
+            runs = []
+            for p in sorted((cache_dir / "runs" / name / method).glob("seed*.json")):
+                r = load_run(p)
+                if r is not None and r.get("key") == cfg.key(task) and r.get("steps"):
+                    runs.append(r)
+            if runs:
+                out[name][method] = runs
+    return out
+
+
+MIN_SEEDS_FOR_VERDICT = 3  # below this, no win/tie/lose call is made
+VERDICTS = {
+    "wins": "EXPO higher (CIs disjoint)",
+    "loses": "EXPO lower (CIs disjoint)",
+    "ties": "tie (CIs overlap)",
+    "too_few": f"no call (< {MIN_SEEDS_FOR_VERDICT} seeds)",
+}
+
+
+def _value_at(run: dict, step: int) -> Optional[float]:
+    if run.get("static"):
+        return float(run["returns"][0])
+    if step in run["steps"]:
+        return float(run["returns"][run["steps"].index(step)])
+    return None
+
+
+def _fmt_steps(x: Optional[float]) -> str:
+    return "not reached" if x is None else f"{int(x)}"
+
+
+def _fmt_ratio(r: Optional[float]) -> str:
+    if r is None:
+        return "n/a (EXPO did not reach it)"
+    if math.isinf(r):
+        return "inf (not reached)"
+    return f"{r:.2f}"
+
+
+def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig) -> dict[str, Any]:
+    """Per-method IQM intervals at the budgets, steps to threshold and the EXPO verdicts of one task."""
+    task = TASKS[task_name]
+    steps = cfg.task_steps(task)
+    budgets = sorted({b for b in task.budgets if b <= steps} | {steps})
+    res: dict[str, Any] = dict(task=task_name, env_id=task.env_id, threshold=task.threshold, budgets=budgets,
+                               steps=steps, methods={})  # fmt: skip
+    for method, rs in runs.items():
+        m: dict[str, Any] = dict(n_runs=len(rs), n_complete=sum(bool(r.get("complete")) for r in rs),
+                                 seeds=sorted(r["seed"] for r in rs), at={})  # fmt: skip
+        for b in budgets:
+            vals = [v for v in (_value_at(r, b) for r in rs) if v is not None]
+            m["at"][b] = bootstrap_ci(vals) if vals else None
+        if rs[0].get("static"):
+            value = bootstrap_ci([r["returns"][0] for r in rs])
+            m["curve"] = (np.array([0.0, float(steps)]), [value, value])
+            m["threshold_steps_iqm"] = 0.0 if value.point >= task.threshold else None
+        else:
+            grid, curve = curve_intervals([(r["steps"], r["returns"]) for r in rs])
+            m["curve"] = (grid, curve)
+            m["threshold_steps_iqm"] = steps_to_threshold(grid, [c.point for c in curve], task.threshold)
+        per_seed = [
+            (0.0 if r["returns"][0] >= task.threshold else None) if r.get("static")
+            else steps_to_threshold(r["steps"], r["returns"], task.threshold)
+            for r in rs if r.get("complete")
+        ]  # fmt: skip
+        m["threshold_reached"] = sum(s is not None for s in per_seed)
+        m["threshold_of"] = len(per_seed)
+        m["threshold_steps_median"] = (
+            float(np.median([math.inf if s is None else s for s in per_seed])) if per_seed else None
+        )
+        if m["threshold_steps_median"] is not None and math.isinf(m["threshold_steps_median"]):
+            m["threshold_steps_median"] = None
+        m["seconds_per_step"] = (
+            float(np.mean([r["seconds_per_step"] for r in rs if "seconds_per_step" in r]))
+            if any("seconds_per_step" in r for r in rs) else None
+        )  # fmt: skip
+        res["methods"][method] = m
+    expo = res["methods"].get("expo")
+    for method, m in res["methods"].items():
+        ref = expo["threshold_steps_iqm"] if expo else None
+        m["ratio_to_expo"] = ratio_to_reference(m["threshold_steps_iqm"], ref) if expo else None
+        final = m["at"].get(steps)
+        if expo and method != "expo" and final is not None and expo["at"].get(steps) is not None:
+            ref = expo["at"][steps]
+            m["expo_vs"] = compare(ref, final) if min(ref.n, final.n) >= MIN_SEEDS_FOR_VERDICT else "too_few"
+    sac, no_data = res["methods"].get("sac"), res["methods"].get("expo_no_data")
+    if sac and no_data and sac["at"].get(steps) and no_data["at"].get(steps):
+        a, b = no_data["at"][steps], sac["at"][steps]
+        res["no_data_vs_sac"] = compare(a, b) if min(a.n, b.n) >= MIN_SEEDS_FOR_VERDICT else "too_few"
+    return res
+
+
+def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) -> str:
+    lines = []
+    for res in analyses:
+        task = TASKS[res["task"]]
+        ds = datasets.get(res["task"], {})
+        lines += [
+            f"### {res['task']}: {task.env_id} ({task.reward_kind} reward)",
+            "",
+            f"Dataset `{task.dataset_id}`: {ds.get('episodes', '?')} episodes, {ds.get('transitions', '?')} transitions, "
+            f"mean return {ds.get('mean_return', float('nan')):.1f}. Budget {res['steps']} env steps, evaluation every "
+            f"{cfg.task_eval_every(task)} steps ({cfg.eval_episodes} deterministic episodes), "
+            f"threshold {task.threshold:g}.",
+            "",
+            "IQM of the evaluation return over seeds [bootstrap 95% interval] (n = seeds with that evaluation):",
+            "",
+            "| method | " + " | ".join(f"{b} steps" for b in res["budgets"])
+            + f" | steps to {task.threshold:g} (IQM curve) | ratio to EXPO | seeds reaching it | EXPO at {res['steps']} |",
+            "|---|" + "---|" * len(res["budgets"]) + "---|---|---|---|",
+        ]
+        order = [m for m in ALL_METHODS if m in res["methods"]]
+        for method in order:
+            m = res["methods"][method]
+            cells = []
+            for b in res["budgets"]:
+                iv: Optional[Interval] = m["at"].get(b)
+                cells.append("-" if iv is None else f"{iv.fmt()} (n={iv.n})")
+            verdict = VERDICTS.get(m.get("expo_vs", ""), "-")
+            reach = f"{m['threshold_reached']}/{m['threshold_of']}"
+            lines.append(
+                f"| {LABELS[method]} | " + " | ".join(cells)
+                + f" | {_fmt_steps(m['threshold_steps_iqm'])} | {_fmt_ratio(m['ratio_to_expo'])} | {reach} | {verdict} |"
+            )
+        if "no_data_vs_sac" in res:
+            lines += ["", f"Without data, EXPO vs SAC at {res['steps']} steps: "
+                      + VERDICTS[res["no_data_vs_sac"]].replace("EXPO", "EXPO (no data)") + "."]
+        lines += ["", f"![{res['task']}](sample_efficiency_{res['task']}.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = TASKS[res["task"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = dict(expo="C0", sac="C1", rlpd="C2", base_only="C7", expo_best_of_n="C4", expo_random_select="C5",
+                  expo_no_data="C3")  # fmt: skip
+    for method in [m for m in ALL_METHODS if m in res["methods"]]:
+        m = res["methods"][method]
+        grid, curve = m["curve"]
+        pts = np.array([c.point for c in curve])
+        lo, hi = np.array([c.low for c in curve]), np.array([c.high for c in curve])
+        n = max(c.n for c in curve)
+        style = "--" if method == "base_only" else "-"
+        ax.plot(grid, pts, style, color=colors[method], label=f"{LABELS[method]} (n={n})", marker=None if method == "base_only" else ".")
+        ax.fill_between(grid, lo, hi, color=colors[method], alpha=0.15)
+    ax.axhline(task.threshold, color="k", lw=0.8, ls=":", label=f"threshold {task.threshold:g}")
+    if learning_starts:
+        ax.axvline(learning_starts, color="0.5", lw=0.8, ls="-.", label=f"random warm-up ends ({learning_starts})")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval return (IQM over seeds, 95% bootstrap CI)")
+    ax.set_title(f"{task.env_id}: sample efficiency")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _jsonable(res: dict) -> dict:
+    def conv(x: Any) -> Any:
+        if isinstance(x, Interval):
+            return dataclasses.asdict(x)
+        if isinstance(x, dict):
+            return {str(k): conv(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [conv(v) for v in x]
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        if isinstance(x, float) and math.isinf(x):
+            return "inf"
+        return x
+
+    return conv(res)
+
+
+def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, results_dir: pathlib.Path) -> str:
+    """Tables (markdown + JSON) and one plot per task, from the cached runs that match ``cfg``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    data = collect(cache_dir, cfg, task_names)
+    analyses, datasets = [], {}
+    for name in task_names:
+        if not data[name]:
+            print(f"report: no cached runs for {name} with these settings", flush=True)
+            continue
+        try:
+            datasets[name] = dataset_summary(TASKS[name], cache_dir)
+        except Exception as e:  # the table does not need it
+            print(f"report: could not read the {name} dataset ({e})", flush=True)
+        res = analyse(name, data[name], cfg)
+        plot(res, results_dir / f"sample_efficiency_{name}.png", cfg.learning_starts)
+        analyses.append(res)
+    text = "\n".join([
+        "# Sample efficiency (generated by `python -m bench.sample_efficiency`)",
+        "",
+        f"Settings: {json.dumps(dataclasses.asdict(cfg))}",
+        "",
+        markdown(analyses, cfg, datasets),
+    ])  # fmt: skip
+    (results_dir / "sample_efficiency.md").write_text(text)
+    per_run = {name: {m: [dict(seed=r["seed"], complete=r.get("complete"), steps=r["steps"], returns=r["returns"],
+                               seconds_per_step=r.get("seconds_per_step")) for r in rs]
+                      for m, rs in data[name].items()} for name in data}  # fmt: skip
+    (results_dir / "sample_efficiency.json").write_text(json.dumps(dict(
+        settings=dataclasses.asdict(cfg), datasets=datasets,
+        analyses=[_jsonable({k: v for k, v in a.items()}) | {"methods": {m: _jsonable({k: v for k, v in d.items() if k != "curve"}) for m, d in a["methods"].items()}} for a in analyses],
+        runs=per_run), indent=1))  # fmt: skip
+    print(text, flush=True)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=list(ALL_METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0..4 (quick: 0)")
+    p.add_argument("--steps", type=int, default=None, help="env-step budget for every task (default: the task's)")
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--eval-episodes", type=int, default=None)
+    p.add_argument("--learning-starts", type=int, default=None)
+    p.add_argument("--pretrain-steps", type=int, default=None)
+    p.add_argument("--max-episode-steps", type=int, default=None, help="override the env's TimeLimit (quick mode)")
+    p.add_argument("--preset", default=None, choices=["cpu", "tiny", "reference"], help="EXPO preset (default cpu)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, tiny budgets (a few minutes)")
+    p.add_argument("--tiny", action="store_true", help="even smaller than --quick (tests): tiny preset, ~60 steps")
+    p.add_argument("--runs", nargs="+", default=None, metavar="TASK/METHOD/SEED",
+                   help="explicit runs in this priority order (instead of --tasks x --methods x --seeds)")  # fmt: skip
+    p.add_argument("--report-only", action="store_true", help="build the table and plots from the cache")
+    p.add_argument("--jobs", type=int, default=1, help="processes side by side (at most 2 on 2 cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--cache-dir", type=pathlib.Path, default=DEFAULT_CACHE)
+    p.add_argument("--results-dir", type=pathlib.Path, default=None,
+                   help="default: bench/results (quick/tiny: <cache-dir>/quick_results)")  # fmt: skip
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    fields: dict[str, Any] = {}
+    if args.tiny:
+        fields.update(TINY)
+    elif args.quick:
+        fields.update(QUICK)
+    for name in ("steps", "eval_every", "eval_episodes", "learning_starts", "pretrain_steps", "max_episode_steps", "preset"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    fields["threads"] = args.threads
+    return RunConfig(**fields)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    import torch as th
+
+    th.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    cache_dir = args.cache_dir.resolve()
+    results_dir = args.results_dir or (cache_dir / "quick_results" if (args.quick or args.tiny) else DEFAULT_RESULTS)
+    seeds = args.seeds if args.seeds is not None else ([0] if (args.quick or args.tiny) else [0, 1, 2, 3, 4])
+    print(f"torch threads per process: {th.get_num_threads()} | jobs: {args.jobs} | seeds: {seeds} | "
+          f"settings: {dataclasses.asdict(cfg)}", flush=True)  # fmt: skip
+    failures: list[str] = []
+    if not args.report_only:
+        ensure_datasets(sorted({r.split("/")[0] for r in args.runs}) if args.runs else args.tasks, cache_dir)
+        # Seed-major order, then task, then method: partial results stay balanced across methods.
+        todo = [(t, m, s) for s in seeds for t in args.tasks for m in TASKS[t].methods if m in args.methods]
+        if args.runs:
+            todo = []
+            for spec in args.runs:
+                t, m, s = spec.split("/")
+                if t not in TASKS or m not in TASKS[t].methods:
+                    raise SystemExit(f"--runs: unknown task/method in {spec!r}")
+                todo.append((t, m, int(s)))
+        t0 = time.time()
+        failures = run_all(todo, cfg, cache_dir, args.jobs)
+        print(f"{len(todo)} runs done in {time.time() - t0:.0f} s", flush=True)
+    report(args.tasks, cfg, cache_dir, results_dir)
+    if failures:
+        print("FAILED runs:\n  " + "\n  ".join(failures), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

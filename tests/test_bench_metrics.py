@@ -1,0 +1,167 @@
+"""Tests of the sample-efficiency benchmark: its metrics on known inputs, and ``--tiny`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.metrics import (  # noqa: E402
+    Interval,
+    bootstrap_ci,
+    compare,
+    curve_intervals,
+    iqm,
+    ratio_to_reference,
+    steps_to_threshold,
+)
+
+
+# ------------------------------------------------------------------------------------------------ IQM
+def test_iqm_known_values():
+    # n = 4: the middle two; n = 8: the middle four (the two lowest and two highest are cut)
+    assert iqm([1.0, 2.0, 3.0, 4.0]) == pytest.approx(2.5)
+    assert iqm([0, 0, 1, 2, 3, 4, 100, 100]) == pytest.approx(2.5)
+    # outliers do not move it
+    assert iqm([-1e9, 1, 2, 3, 1e9, 2, 2, 2]) == pytest.approx(2.0)
+    # n = 5: int(0.25 * 5) = 1 cut at each end -> mean of the middle 3
+    assert iqm([5, 1, 4, 2, 3]) == pytest.approx(3.0)
+    assert iqm([7.0]) == 7.0
+    with pytest.raises(ValueError):
+        iqm([])
+
+
+def test_iqm_matches_rliable():
+    rliable_metrics = pytest.importorskip("rliable.metrics")
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 5, 8, 13):
+        x = rng.normal(size=n)
+        assert iqm(x) == pytest.approx(float(rliable_metrics.aggregate_iqm(x[:, None])))
+
+
+# ------------------------------------------------------------------------------------------------ bootstrap
+def test_bootstrap_constant_and_single_run():
+    iv = bootstrap_ci([3.0, 3.0, 3.0, 3.0, 3.0])
+    assert (iv.point, iv.low, iv.high, iv.n) == (3.0, 3.0, 3.0, 5)
+    one = bootstrap_ci([-2.0])
+    assert (one.point, one.low, one.high, one.n) == (-2.0, -2.0, -2.0, 1)
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+def test_bootstrap_interval_properties():
+    x = np.array([0.0, 1.0, 2.0, 3.0, 10.0])
+    iv = bootstrap_ci(x, reps=4000, seed=1)
+    assert iv.point == pytest.approx(2.0)
+    assert x.min() <= iv.low <= iv.point <= iv.high <= x.max()
+    assert bootstrap_ci(x, reps=4000, seed=1) == iv  # reproducible
+    narrow = bootstrap_ci(x, reps=4000, seed=1, confidence=0.5)
+    assert iv.low <= narrow.low and narrow.high <= iv.high
+
+
+def test_bootstrap_mean_coverage_on_known_distribution():
+    # Percentile bootstrap of the mean of N(0, 1) with n = 30: the 95% interval should cover 0 about 95% of the time.
+    rng = np.random.default_rng(123)
+    covered = sum(
+        (lambda iv: iv.low <= 0.0 <= iv.high)(bootstrap_ci(rng.normal(size=30), statistic=np.mean, reps=500, seed=i))
+        for i in range(200)
+    )
+    assert 0.88 <= covered / 200 <= 0.99
+    # and its width is close to the normal-theory one: 2 * 1.96 / sqrt(30) = 0.716
+    widths = [(lambda iv: iv.high - iv.low)(bootstrap_ci(rng.normal(size=30), statistic=np.mean, seed=i)) for i in range(20)]
+    assert np.mean(widths) == pytest.approx(2 * 1.96 / math.sqrt(30), rel=0.15)
+
+
+def test_compare_and_overlap():
+    hi, lo, mid = Interval(10, 9, 11, 5), Interval(0, -1, 1, 5), Interval(5, 0.5, 9.5, 5)
+    assert compare(hi, lo) == "wins" and compare(lo, hi) == "loses"
+    assert compare(hi, mid) == "ties" and mid.overlaps(hi) and not hi.overlaps(lo)
+    assert hi.fmt() == "10.0 [9.0, 11.0]"
+
+
+# ------------------------------------------------------------------------------------------------ steps to threshold
+def test_steps_to_threshold():
+    steps = [0, 1000, 2000, 3000]
+    assert steps_to_threshold(steps, [-900, -500, -200, -150], -300) == 2000.0
+    assert steps_to_threshold(steps, [-100, -500, -200, -150], -300) == 0.0  # already there at step 0
+    assert steps_to_threshold(steps, [-900, -300, -900, -900], -300) == 1000.0  # reaching it exactly counts
+    assert steps_to_threshold(steps, [-900, -800, -700, -600], -300) is None  # never reached
+    assert steps_to_threshold(steps, [np.nan, np.nan, -100, -100], -300) == 2000.0  # NaN never counts
+    assert steps_to_threshold([], [], 0.0) is None
+    with pytest.raises(ValueError):
+        steps_to_threshold([0, 1], [1.0], 0.0)
+    with pytest.raises(ValueError):
+        steps_to_threshold([1000, 0], [1.0, 2.0], 0.0)
+
+
+def test_ratio_to_reference():
+    assert ratio_to_reference(2000.0, 1000.0) == 2.0
+    assert ratio_to_reference(500.0, 1000.0) == 0.5
+    assert ratio_to_reference(None, 1000.0) == math.inf  # the method never reaches it, the reference does
+    assert ratio_to_reference(1000.0, None) is None  # the reference never reaches it: undefined
+    assert ratio_to_reference(None, None) is None
+    assert ratio_to_reference(0.0, 0.0) == 1.0
+    assert ratio_to_reference(1000.0, 0.0) == math.inf
+
+
+def test_curve_intervals_uses_runs_that_reached_each_step():
+    runs = [([0, 10, 20], [1.0, 2.0, 3.0]), ([0, 10], [3.0, 4.0])]  # the second run stopped early
+    grid, curve = curve_intervals(runs, reps=200)
+    assert list(grid) == [0.0, 10.0, 20.0]
+    assert [c.n for c in curve] == [2, 2, 1]
+    assert [c.point for c in curve] == pytest.approx([2.0, 3.0, 3.0])
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture
+def restore_torch_threads():
+    """The benchmark sets torch's thread count (process-wide): give the other tests theirs back."""
+    import torch as th
+
+    n = th.get_num_threads()
+    yield
+    th.set_num_threads(n)
+
+
+def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
+    """``--tiny``: every method on both tasks, 1 seed, ~60 env steps, into a tmp dir; then the cache is reused."""
+    pytest.importorskip("minari")
+    pytest.importorskip("matplotlib")
+    from bench import sample_efficiency as se
+
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    # the benchmark points MINARI_DATASETS_PATH at <cache>/minari; monkeypatch restores the session's value after
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(cache / "minari"))
+    argv = ["--tiny", "--cache-dir", str(cache), "--results-dir", str(results)]
+    assert se.main(argv) == 0
+    for task in se.TASKS.values():
+        assert (cache / "minari" / task.dataset_id / "data").is_dir()  # made locally by the project's command
+    for name, task in se.TASKS.items():
+        assert (results / f"sample_efficiency_{name}.png").stat().st_size > 1000
+        for method in task.methods:
+            run = json.loads((cache / "runs" / name / method / "seed0.json").read_text())
+            assert run["complete"] and run["torch_threads"] == 1
+            assert all(np.isfinite(run["returns"]))
+            if method == "base_only":
+                assert run["steps"] == [0] and run["static"]
+            else:
+                assert run["steps"] == [0, 30, 60]
+    table = (results / "sample_efficiency.md").read_text()
+    for label in ("EXPO", "SAC (no data)", "RLPD-style SAC", "base only (imitation)", "EXPO best-of-N", "EXPO random select", "EXPO (no data)"):
+        assert label in table
+    summary = json.loads((results / "sample_efficiency.json").read_text())
+    assert {a["task"] for a in summary["analyses"]} == set(se.TASKS)
+    # second invocation: everything comes from the cache, nothing is retrained
+    before = {p: p.stat().st_mtime_ns for p in (cache / "runs").rglob("*.json")}
+    assert se.main(argv + ["--runs", "pendulum/sac/0", "mountaincar/expo/0"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (cache / "runs").rglob("*.json")} == before
+    # report-only works from the cache alone
+    assert se.main(argv + ["--report-only"]) == 0
