@@ -10,7 +10,7 @@ Methods (same env-step budget, same offline data where they use it, same seeds, 
 
 * ``expo``: EXPO, ``cpu`` preset, 50/50 offline/online minibatches, base pretrained on the offline data;
 * ``sac``: SB3 SAC with its defaults, no data;
-* ``rlpd``: SB3 SAC with the same 50/50 ``MinariReplayBuffer``, 10 critics, EXPO cpu's UTD (4), batch (128) and
+* ``rlpd``: SB3 SAC with the same 50/50 ``MinariReplayBuffer``, 10 critics, EXPO cpu's UTD (2), batch (128) and
   critic width. Not full RLPD: SB3 SAC has no LayerNorm critics and takes the min over ALL 10 critics (RLPD: a
   random subset of 2) in the target and in the actor loss (RLPD: the mean);
 * ``base_only``: the pretrained diffusion base alone (EXPO with ``edit_scale=0, n_action_samples=1``, same
