@@ -233,6 +233,26 @@ def build_model(method: str, task: Task, cfg: RunConfig, env: Any, seed: int) ->
     return EXPO("MlpPolicy", env, **kwargs)
 
 
+def describe_model(model: Any) -> dict[str, Any]:
+    """The effective settings of a run (stored in its JSON, not part of the cache key): presets can change."""
+    import sb3_expo
+
+    info: dict[str, Any] = dict(
+        algo=type(model).__name__,
+        sb3_expo_version=getattr(sb3_expo, "__version__", "?"),
+        gradient_steps=model.gradient_steps,
+        batch_size=model.batch_size,
+        learning_starts=model.learning_starts,
+        learning_rate=float(model.learning_rate) if not callable(model.learning_rate) else "schedule",
+        replay_buffer=type(model.replay_buffer).__name__,
+        policy_kwargs={k: repr(v) for k, v in model.policy_kwargs.items()},
+    )
+    for name in ("otf_config", "diffusion_config"):
+        if hasattr(model, name):
+            info[name] = dataclasses.asdict(getattr(model, name))
+    return info
+
+
 def evaluate(model: Any, env: Any, episodes: int, seed: int) -> list[float]:
     """Undiscounted returns of ``episodes`` deterministic episodes; episode ``i`` resets with seed ``seed + i``
     (the same eval seeds for every method and evaluation point of one run seed)."""
@@ -310,7 +330,7 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
     else:
         model = build_model(method, task, cfg, env, seed)
         record = dict(task=task_name, method=method, seed=seed, key=key, steps=[], returns=[], episode_returns=[],
-                      complete=False, torch_threads=th.get_num_threads())  # fmt: skip
+                      complete=False, torch_threads=th.get_num_threads(), model=describe_model(model))  # fmt: skip
         prior_time = 0.0
         if method in PRETRAINED_METHODS:
             t0 = time.time()
@@ -407,6 +427,7 @@ def collect(cache_dir: pathlib.Path, cfg: RunConfig, task_names: list[str]) -> d
 
 
 MIN_SEEDS_FOR_VERDICT = 3  # below this, no win/tie/lose call is made
+SHORT_VERDICTS = {"wins": "higher", "loses": "lower", "ties": "tie", "too_few": f"n<{MIN_SEEDS_FOR_VERDICT}"}
 VERDICTS = {
     "wins": "EXPO higher (CIs disjoint)",
     "loses": "EXPO lower (CIs disjoint)",
@@ -452,10 +473,14 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig) -> dict
             value = bootstrap_ci([r["returns"][0] for r in rs])
             m["curve"] = (np.array([0.0, float(steps)]), [value, value])
             m["threshold_steps_iqm"] = 0.0 if value.point >= task.threshold else None
+            share = float(np.mean([r["returns"][0] >= task.threshold for r in rs]))
+            m["share_above"] = (np.array([0.0, float(steps)]), [share, share])
         else:
             grid, curve = curve_intervals([(r["steps"], r["returns"]) for r in rs])
             m["curve"] = (grid, curve)
             m["threshold_steps_iqm"] = steps_to_threshold(grid, [c.point for c in curve], task.threshold)
+            m["share_above"] = (grid, [float(np.mean([v >= task.threshold for v in (_value_at(r, int(g)) for r in rs)
+                                                       if v is not None])) for g in grid])  # fmt: skip
         per_seed = [
             (0.0 if r["returns"][0] >= task.threshold else None) if r.get("static")
             else steps_to_threshold(r["steps"], r["returns"], task.threshold)
@@ -477,10 +502,13 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig) -> dict
     for method, m in res["methods"].items():
         ref = expo["threshold_steps_iqm"] if expo else None
         m["ratio_to_expo"] = ratio_to_reference(m["threshold_steps_iqm"], ref) if expo else None
-        final = m["at"].get(steps)
-        if expo and method != "expo" and final is not None and expo["at"].get(steps) is not None:
-            ref = expo["at"][steps]
-            m["expo_vs"] = compare(ref, final) if min(ref.n, final.n) >= MIN_SEEDS_FOR_VERDICT else "too_few"
+        if expo and method != "expo":
+            m["expo_vs"] = {}
+            for b in budgets:
+                ref, other = expo["at"].get(b), m["at"].get(b)
+                if ref is not None and other is not None:
+                    enough = min(ref.n, other.n) >= MIN_SEEDS_FOR_VERDICT
+                    m["expo_vs"][b] = compare(ref, other) if enough else "too_few"
     sac, no_data = res["methods"].get("sac"), res["methods"].get("expo_no_data")
     if sac and no_data and sac["at"].get(steps) and no_data["at"].get(steps):
         a, b = no_data["at"][steps], sac["at"][steps]
@@ -504,7 +532,8 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
             "IQM of the evaluation return over seeds [bootstrap 95% interval] (n = seeds with that evaluation):",
             "",
             "| method | " + " | ".join(f"{b} steps" for b in res["budgets"])
-            + f" | steps to {task.threshold:g} (IQM curve) | ratio to EXPO | seeds reaching it | EXPO at {res['steps']} |",
+            + f" | steps to {task.threshold:g} (IQM curve) | ratio to EXPO | seeds reaching it | EXPO vs it at "
+            + " / ".join(str(b) for b in res["budgets"]) + " |",
             "|---|" + "---|" * len(res["budgets"]) + "---|---|---|---|",
         ]
         order = [m for m in ALL_METHODS if m in res["methods"]]
@@ -514,7 +543,8 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
             for b in res["budgets"]:
                 iv: Optional[Interval] = m["at"].get(b)
                 cells.append("-" if iv is None else f"{iv.fmt()} (n={iv.n})")
-            verdict = VERDICTS.get(m.get("expo_vs", ""), "-")
+            verdict = " / ".join(SHORT_VERDICTS[m["expo_vs"][b]] if b in m.get("expo_vs", {}) else "-"
+                                 for b in res["budgets"]) if method != "expo" else "-"  # fmt: skip
             reach = f"{m['threshold_reached']}/{m['threshold_of']}"
             lines.append(
                 f"| {LABELS[method]} | " + " | ".join(cells)
@@ -523,18 +553,23 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
         if "no_data_vs_sac" in res:
             lines += ["", f"Without data, EXPO vs SAC at {res['steps']} steps: "
                       + VERDICTS[res["no_data_vs_sac"]].replace("EXPO", "EXPO (no data)") + "."]
+        lines += ["", "EXPO vs it: `higher` / `lower` = EXPO's interval lies above / below the method's (disjoint 95% "
+                  f"intervals), `tie` = they overlap, `n<{MIN_SEEDS_FOR_VERDICT}` = too few seeds for a call. "
+                  "Seeds reaching it: seeds whose own evaluation curve reaches the threshold at least once "
+                  "(complete runs only)."]
         lines += ["", f"![{res['task']}](sample_efficiency_{res['task']}.png)", ""]
     return "\n".join(lines)
 
 
 def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) -> None:
+    """Left: IQM eval return over seeds with its 95% bootstrap band. Right: share of seeds at or above the threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     task = TASKS[res["task"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw=dict(width_ratios=[3, 2]))
     colors = dict(expo="C0", sac="C1", rlpd="C2", base_only="C7", expo_best_of_n="C4", expo_random_select="C5",
                   expo_no_data="C3")  # fmt: skip
     for method in [m for m in ALL_METHODS if m in res["methods"]]:
@@ -544,17 +579,26 @@ def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) ->
         lo, hi = np.array([c.low for c in curve]), np.array([c.high for c in curve])
         n = max(c.n for c in curve)
         style = "--" if method == "base_only" else "-"
-        ax.plot(grid, pts, style, color=colors[method], label=f"{LABELS[method]} (n={n})", marker=None if method == "base_only" else ".")
-        ax.fill_between(grid, lo, hi, color=colors[method], alpha=0.15)
+        marker = None if method == "base_only" else "."
+        ax.plot(grid, pts, style, color=colors[method], label=f"{LABELS[method]} (n={n})", marker=marker)
+        ax.fill_between(grid, lo, hi, color=colors[method], alpha=0.12)
+        sgrid, share = m["share_above"]
+        ax2.plot(sgrid, share, style, color=colors[method], marker=marker)
+    for a in (ax, ax2):
+        if learning_starts:
+            a.axvline(learning_starts, color="0.5", lw=0.8, ls="-.")
+        a.set_xlabel("env steps")
+        a.grid(alpha=0.3)
     ax.axhline(task.threshold, color="k", lw=0.8, ls=":", label=f"threshold {task.threshold:g}")
     if learning_starts:
-        ax.axvline(learning_starts, color="0.5", lw=0.8, ls="-.", label=f"random warm-up ends ({learning_starts})")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("eval return (IQM over seeds, 95% bootstrap CI)")
-    ax.set_title(f"{task.env_id}: sample efficiency")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        ax.plot([], [], color="0.5", lw=0.8, ls="-.", label=f"random warm-up ends ({learning_starts})")
+    ax.set_ylabel("eval return: IQM over seeds, 95% bootstrap band")
+    ax.set_title(f"{task.env_id} ({task.reward_kind} reward)")
+    ax2.set_ylabel(f"share of seeds with eval return >= {task.threshold:g}")
+    ax2.set_ylim(-0.05, 1.05)
+    ax2.set_title("seeds at or above the threshold")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=5, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -605,7 +649,7 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
                       for m, rs in data[name].items()} for name in data}  # fmt: skip
     (results_dir / "sample_efficiency.json").write_text(json.dumps(dict(
         settings=dataclasses.asdict(cfg), datasets=datasets,
-        analyses=[_jsonable({k: v for k, v in a.items()}) | {"methods": {m: _jsonable({k: v for k, v in d.items() if k != "curve"}) for m, d in a["methods"].items()}} for a in analyses],
+        analyses=[_jsonable({k: v for k, v in a.items()}) | {"methods": {m: _jsonable({k: v for k, v in d.items() if k not in ("curve", "share_above")}) for m, d in a["methods"].items()}} for a in analyses],
         runs=per_run), indent=1))  # fmt: skip
     print(text, flush=True)
     return text
