@@ -71,6 +71,51 @@ def test_batched_ensemble_matches_a_loop_over_critics():
     th.testing.assert_close(ensemble(obs, actions, members), q[members], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_fused_denoising_chain_matches_the_modules(layer_norm):
+    """The in-place inference chain (no autograd) == the plain nn.Module chain, same noise (float64)."""
+    th.manual_seed(0)
+    base = DiffusionBasePolicy(5, 3, 6, net_kwargs=dict(hidden_dim=16, n_blocks=3, time_dim=8, layer_norm=layer_norm))
+    base = base.double()
+    with th.no_grad():  # non-trivial LayerNorm affine and biases
+        for p in base.parameters():
+            p.add_(0.1 * th.randn_like(p))
+    obs, noise = th.randn(40, 5, dtype=th.float64), th.randn(6, 40, 3, dtype=th.float64)
+    plain = base.sample(obs, noise=noise)  # autograd on: the nn.Module path
+    assert plain.requires_grad
+    with th.no_grad():
+        assert base.use_fused_inference()
+        fused = base.sample(obs, noise=noise)
+    th.testing.assert_close(fused, plain.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_fused_chain_is_skipped_when_it_would_differ():
+    """Active dropout, autocast and autograd take the module path; eval-mode dropout does not matter."""
+    base = DiffusionBasePolicy(4, 2, 3, net_kwargs=dict(hidden_dim=8, n_blocks=1, time_dim=4, dropout=0.1))
+    with th.no_grad():
+        assert not base.train().use_fused_inference()
+        assert base.eval().use_fused_inference()
+        with th.autocast("cpu", dtype=th.bfloat16):
+            assert not base.use_fused_inference()
+    assert not base.use_fused_inference()
+
+
+def test_member_loop_matches_the_batched_ensemble():
+    """Without autograd a small member subset runs member by member: same Q values as the batched forward."""
+    th.manual_seed(0)
+    ensemble = QEnsemble(6, n_critics=5, net_arch=(8, 8)).double()
+    with th.no_grad():
+        for p in list(ensemble.ln_weights) + list(ensemble.ln_biases) + list(ensemble.biases):
+            p.normal_()
+    obs, actions = th.randn(13, 4, dtype=th.float64), th.randn(13, 2, dtype=th.float64)
+    members = th.tensor([4, 0])
+    batched = ensemble(obs, actions, members)  # autograd on: batched path
+    with th.no_grad():
+        assert ensemble._use_member_loop(2) and not ensemble._use_member_loop(5)
+        looped = ensemble(obs, actions, members)
+    th.testing.assert_close(looped, batched.detach(), rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------- torch.compile
 @pytest.fixture(scope="module")
 def compiled_model():

@@ -67,8 +67,10 @@ class QEnsemble(nn.Module):
         :return: Q values, shape (E or len(members), B).
         """
         x = th.cat([obs, actions], dim=-1)
-        n_hidden = len(self.weights) - 1
         n_members = self.n_critics if members is None else members.shape[0]
+        if self._use_member_loop(n_members):
+            return self._forward_member_loop(x, members)
+        n_hidden = len(self.weights) - 1
         x = x.expand(n_members, *x.shape)  # shared input: a stride-0 view, no copy
         for i in range(n_hidden + 1):
             w, b = self.weights[i], self.biases[i]
@@ -86,3 +88,37 @@ class QEnsemble(nn.Module):
                 if self.dropout > 0:
                     x = F.dropout(x, self.dropout, self.training)
         return x.squeeze(-1)
+
+    # Without autograd, a subset of at most this many members runs member by member (the OTF argmax and the TD
+    # target use num_min_qs = 2): F.layer_norm then applies each member's affine in its own pass, one pass fewer per
+    # layer than the batched path's separate addcmul, and the shared input needs no expanded copy.
+    member_loop_max = 3
+
+    def _use_member_loop(self, n_members: int) -> bool:
+        active_dropout = self.dropout > 0 and self.training
+        return (
+            n_members <= self.member_loop_max
+            and not th.is_grad_enabled()
+            and not th.compiler.is_compiling()
+            and not active_dropout
+        )
+
+    def _forward_member_loop(self, x: th.Tensor, members: Optional[th.Tensor]) -> th.Tensor:
+        """Same values as the batched forward, for a few members without autograd (see ``member_loop_max``)."""
+        index = members if members is not None else th.arange(self.n_critics, device=x.device)
+        n_hidden = len(self.weights) - 1
+        weights = [w[index] for w in self.weights]  # one gather per parameter, then views per member
+        biases = [b[index] for b in self.biases]
+        ln_weights = [w[index] for w in self.ln_weights]
+        ln_biases = [b[index] for b in self.ln_biases]
+        outputs = []
+        for j in range(index.shape[0]):
+            h = x
+            for i in range(n_hidden + 1):
+                h = th.addmm(biases[i][j, 0], h, weights[i][j])
+                if i < n_hidden:
+                    if self.layer_norm:
+                        h = F.layer_norm(h, h.shape[-1:], ln_weights[i][j, 0], ln_biases[i][j, 0], eps=1e-6)
+                    h = F.relu_(h)
+            outputs.append(h.squeeze(-1))
+        return th.stack(outputs)
