@@ -13,7 +13,7 @@ Prints, for the device and thread count it runs on:
 Usage::
 
     python bench/speed.py                 # everything (~3-5 min on 2 CPU cores)
-    python bench/speed.py --quick         # smaller repeat counts, no reference end-to-end run
+    python bench/speed.py --quick         # smaller repeat counts, shorter reference end-to-end run
     python bench/speed.py --threads 1 --compile
 """
 
@@ -67,7 +67,11 @@ def timed(fn: Callable[[], Any], repeats: int, device: th.device, warmup: int = 
 
 def matmul_rate(device: th.device, repeats: int) -> dict[str, float]:
     """float32 GEMM GFLOP/s on the shapes that dominate EXPO (and a square one); the max is the floor's rate."""
-    shapes = {"2048^3": (2048, 2048, 2048), "40960x256x1024": (40960, 256, 1024), "40960x1024x256": (40960, 1024, 256)}
+    shapes = {
+        "2048^3": (2048, 2048, 2048),
+        "2048x256x1024": (2048, 256, 1024),  # the residual blocks' GEMMs on one CPU chunk of candidates
+        "2048x1024x256": (2048, 1024, 256),
+    }
     rates = {}
     for name, (m, k, n) in shapes.items():
         a, b = th.randn(m, k, device=device), th.randn(k, n, device=device)
@@ -135,7 +139,8 @@ def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
     """Seconds of the plain vs optimised variant of each optimisation, measured side by side."""
     from torch import nn
 
-    from sb3_expo.otf import draw_candidates
+    from sb3_expo.otf import draw_candidates, select_candidates
+    from sb3_expo.parts import DiffusionBasePolicy, QEnsemble
 
     policy, device = model.policy, model.device
     G, B = model.gradient_steps, model.batch_size
@@ -157,7 +162,41 @@ def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
         chunk_before = model.candidate_chunk_rows
         model.candidate_chunk_rows = None  # the default: 2048-row chunks on the CPU
         out["candidates_default_chunks_s"] = statistics.median(timed(lambda: model._next_candidates(data.next_observations), repeats, device))
+        # fused in-place denoising chain (default without autograd) vs the nn.Module chain, same chunks
+        fused = DiffusionBasePolicy.use_fused_inference
+        DiffusionBasePolicy.use_fused_inference = lambda self: False  # type: ignore[method-assign]
+        try:
+            out["candidates_module_chain_s"] = statistics.median(
+                timed(lambda: model._next_candidates(data.next_observations), repeats, device)
+            )
+        finally:
+            DiffusionBasePolicy.use_fused_inference = fused  # type: ignore[method-assign]
+        # bf16 autocast of the diffusion network (mixed_precision=True; AMX / AVX512-BF16 CPUs and CUDA)
+        mixed_before = model.mixed_precision
+        model.mixed_precision = True
+        try:
+            out["candidates_bf16_autocast_s"] = statistics.median(
+                timed(lambda: model._next_candidates(data.next_observations), repeats, device)
+            )
+        finally:
+            model.mixed_precision = mixed_before
         model.candidate_chunk_rows = chunk_before
+
+        # OTF argmax scoring of one minibatch's candidates by num_min_qs target critics: member loop vs batched
+        candidates = model._next_candidates(data.next_observations[:B])
+        target = policy.q_ensemble_target
+        critic_feats = target.features_extractor(policy.preprocess(data.next_observations[:B]))
+
+        def score() -> None:
+            select_candidates(target, critic_feats, candidates, model.otf_config)
+
+        out["select_member_loop_s"] = statistics.median(timed(score, repeats * 5, device))
+        loop_max = QEnsemble.member_loop_max
+        QEnsemble.member_loop_max = 0
+        try:
+            out["select_batched_s"] = statistics.median(timed(score, repeats * 5, device))
+        finally:
+            QEnsemble.member_loop_max = loop_max
 
     # Q ensemble: SB3-style Python loop over E nn.Sequential critics vs one stacked forward, fwd + bwd on batch B.
     ens = policy.q_ensemble
@@ -209,7 +248,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly: see README)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="benchmark EXPO(compile=True)")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, skip the reference end-to-end run")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, a shorter reference end-to-end run")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument(
         "--clock",
@@ -298,6 +337,11 @@ def main() -> None:
         results[f"ablations_{preset}"] = abl
         print(f"  [{preset}] TD candidates: per minibatch {abl['candidates_per_minibatch_s']:.3f} | one call "
               f"{abl['candidates_one_call_s']:.3f} | default chunks {abl['candidates_default_chunks_s']:.3f}")
+        print(f"  [{preset}] TD candidates, default chunks: nn.Module chain {abl['candidates_module_chain_s']:.3f} | "
+              f"fused in-place chain {abl['candidates_default_chunks_s']:.3f} | bf16 autocast (opt-in) "
+              f"{abl['candidates_bf16_autocast_s']:.3f}")
+        print(f"  [{preset}] OTF argmax scoring, one minibatch: batched members {abl['select_batched_s'] * 1e3:.2f} ms | "
+              f"member loop {abl['select_member_loop_s'] * 1e3:.2f} ms")
         print(f"  [{preset}] Q ensemble fwd+bwd (batch {models[preset].batch_size}): loop over critics "
               f"{abl['ensemble_loop_fwd_bwd_s'] * 1e3:.2f} ms | stacked {abl['ensemble_batched_fwd_bwd_s'] * 1e3:.2f} ms")
 
@@ -309,8 +353,8 @@ def main() -> None:
 
     print("\n## End-to-end env steps/s (learn(), acting + update)")
     e2e = {"cpu": env_steps_per_second(models["cpu"], 100 if args.quick else 300)}
-    if not args.quick:
-        e2e["reference"] = env_steps_per_second(models["reference"], 3)
+    if not args.smoke:  # a few env steps: each is a whole UTD-20 update
+        e2e["reference"] = env_steps_per_second(models["reference"], 2 if args.quick else 4)
     results["env_steps_per_s"] = e2e
     for preset, v in e2e.items():
         print(f"  {preset:<10} {v:8.2f} env steps/s  (UTD {models[preset].gradient_steps})")

@@ -26,6 +26,7 @@ from torch.profiler import record_function
 from sb3_expo.config import DiffusionConfig, OTFConfig
 from sb3_expo.otf import draw_candidates, td_target
 from sb3_expo.policies import EXPOPolicy, MlpPolicy, MultiInputPolicy
+from sb3_expo.wrappers.device_buffers import DeviceReplayBuffer
 
 SelfEXPO = TypeVar("SelfEXPO", bound="EXPO")
 
@@ -80,7 +81,9 @@ class EXPO(OffPolicyAlgorithm):
     :param selection_critic: ``"target"`` (paper) or ``"online"`` (ablation).
     :param clip_edited_actions: clip edited actions to [-1, 1] before scoring (True; the reference does not).
     :param deterministic_seed: seed of ``predict(deterministic=True)``'s private generator.
-    :param replay_buffer_class: replay buffer class, e.g. :class:`sb3_expo.wrappers.MinariReplayBuffer`.
+    :param replay_buffer_class: replay buffer class, e.g. :class:`sb3_expo.wrappers.MinariReplayBuffer` (default:
+        :class:`sb3_expo.wrappers.DeviceReplayBuffer`, SB3's buffer with its arrays on the model's device when that is
+        a GPU, and SB3's numpy storage otherwise).
     :param replay_buffer_kwargs: its kwargs (e.g. ``dict(dataset_id=..., offline_fraction=0.5)``).
     :param optimize_memory_usage: SB3's memory-efficient replay buffer.
     :param compile: ``torch.compile`` the update's forward computations and the acting path (opt-in; fixed shapes,
@@ -163,7 +166,8 @@ class EXPO(OffPolicyAlgorithm):
             train_freq,
             gradient_steps,
             action_noise=None,
-            replay_buffer_class=replay_buffer_class,
+            # on CUDA the buffer lives on the GPU: each env step's G*B rows are gathered there, no host copy
+            replay_buffer_class=replay_buffer_class or DeviceReplayBuffer,
             replay_buffer_kwargs=replay_buffer_kwargs,
             optimize_memory_usage=optimize_memory_usage,
             policy_kwargs=policy_kwargs,

@@ -107,11 +107,13 @@ def test_member_loop_matches_the_batched_ensemble():
     with th.no_grad():
         for p in list(ensemble.ln_weights) + list(ensemble.ln_biases) + list(ensemble.biases):
             p.normal_()
-    obs, actions = th.randn(13, 4, dtype=th.float64), th.randn(13, 2, dtype=th.float64)
+    rows = ensemble.member_loop_min_rows
+    obs, actions = th.randn(rows, 4, dtype=th.float64), th.randn(rows, 2, dtype=th.float64)
     members = th.tensor([4, 0])
     batched = ensemble(obs, actions, members)  # autograd on: batched path
     with th.no_grad():
-        assert ensemble._use_member_loop(2) and not ensemble._use_member_loop(5)
+        assert ensemble._use_member_loop(2, rows)
+        assert not ensemble._use_member_loop(5, rows) and not ensemble._use_member_loop(2, rows - 1)
         looped = ensemble(obs, actions, members)
     th.testing.assert_close(looped, batched.detach(), rtol=1e-12, atol=1e-12)
 

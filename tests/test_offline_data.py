@@ -255,7 +255,13 @@ def test_reward_shift_scale_matches_env_wrapper(pendulum_dataset_id):
     env = ShiftScaleReward(gym.make("Pendulum-v1"), shift=-1.0, scale=2.0)
     ds = load_minari_dataset(pendulum_dataset_id, env.action_space, env.observation_space)
     buf = MinariReplayBuffer(
-        10, env.observation_space, env.action_space, dataset_id=pendulum_dataset_id, reward_shift=-1.0, reward_scale=2.0
+        10,
+        env.observation_space,
+        env.action_space,
+        device="cpu",  # numpy storage: on a CUDA machine "auto" would keep the offline arrays on the GPU
+        dataset_id=pendulum_dataset_id,
+        reward_shift=-1.0,
+        reward_scale=2.0,
     )
     np.testing.assert_allclose(buf.offline_rewards, ds.rewards * 2.0 - 1.0, rtol=1e-6)
     env.reset(seed=0)

@@ -68,7 +68,7 @@ class QEnsemble(nn.Module):
         """
         x = th.cat([obs, actions], dim=-1)
         n_members = self.n_critics if members is None else members.shape[0]
-        if self._use_member_loop(n_members):
+        if self._use_member_loop(n_members, x.shape[0]):
             return self._forward_member_loop(x, members)
         n_hidden = len(self.weights) - 1
         x = x.expand(n_members, *x.shape)  # shared input: a stride-0 view, no copy
@@ -89,15 +89,18 @@ class QEnsemble(nn.Module):
                     x = F.dropout(x, self.dropout, self.training)
         return x.squeeze(-1)
 
-    # Without autograd, a subset of at most this many members runs member by member (the OTF argmax and the TD
-    # target use num_min_qs = 2): F.layer_norm then applies each member's affine in its own pass, one pass fewer per
-    # layer than the batched path's separate addcmul, and the shared input needs no expanded copy.
+    # Without autograd, a subset of at most ``member_loop_max`` members on at least ``member_loop_min_rows`` rows runs
+    # member by member (the OTF argmax scores B*K candidates with num_min_qs = 2 critics): F.layer_norm then applies
+    # each member's affine in its own pass, one pass fewer per layer than the batched path's separate addcmul. Small
+    # batches (acting) stay batched: there the number of kernel launches matters, not memory passes.
     member_loop_max = 3
+    member_loop_min_rows = 1024
 
-    def _use_member_loop(self, n_members: int) -> bool:
+    def _use_member_loop(self, n_members: int, n_rows: int) -> bool:
         active_dropout = self.dropout > 0 and self.training
         return (
             n_members <= self.member_loop_max
+            and n_rows >= self.member_loop_min_rows
             and not th.is_grad_enabled()
             and not th.compiler.is_compiling()
             and not active_dropout

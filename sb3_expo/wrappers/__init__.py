@@ -7,9 +7,15 @@
 
 * Offline-to-online: the same buffer, then ``model.pretrain(...)`` samples ``replay_buffer.sample_offline``.
 
+* GPU-resident replay (online and offline arrays as tensors on the model's device; ``storage="auto"`` does it on
+  CUDA only)::
+
+    EXPO("MlpPolicy", env, device="cuda", replay_buffer_class=DeviceReplayBuffer)
+
 Minari and h5py are imported only when a dataset is loaded, so importing this package needs neither.
 """
 
+from sb3_expo.wrappers.device_buffers import STORAGE_CHOICES, DeviceReplayBuffer, DictDeviceReplayBuffer
 from sb3_expo.wrappers.env_wrappers import ClipActionToSpace, FlattenDictObservation, ShiftScaleReward
 from sb3_expo.wrappers.offline_dataset import (
     OfflineDataError,
@@ -41,6 +47,8 @@ from sb3_expo.wrappers.replay_buffers import (
 
 __all__ = [
     "ClipActionToSpace",
+    "DeviceReplayBuffer",
+    "DictDeviceReplayBuffer",
     "DictMinariReplayBuffer",
     "DictOfflineReplayBuffer",
     "FlattenDictObservation",
@@ -50,6 +58,7 @@ __all__ = [
     "OfflineDatasetNotFoundError",
     "OfflineReplayBuffer",
     "RobomimicReplayBuffer",
+    "STORAGE_CHOICES",
     "ShiftScaleReward",
     "check_action_space",
     "check_finite",

@@ -12,6 +12,9 @@ They are drop-in ``replay_buffer_class`` values for EXPO and for SB3's SAC/TD3 a
 
 The same class works for Box and Dict observation spaces: ``MinariReplayBuffer(...)`` with a Dict space returns a
 :class:`DictMinariReplayBuffer` (a subclass of both ``MinariReplayBuffer`` and SB3's ``DictReplayBuffer``).
+
+They are :class:`~sb3_expo.wrappers.DeviceReplayBuffer` subclasses: with ``storage="auto"`` (default) on CUDA, or
+``storage="device"``, the online AND the offline arrays are torch tensors on the model's device.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, ClassVar, Union
+from typing import Any, Union
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_expo.wrappers.device_buffers import DeviceReplayBuffer, DictDeviceReplayBuffer, _tree_map, check_storage
 from sb3_expo.wrappers.offline_dataset import (
     DoneMode,
     OfflineDataError,
@@ -60,7 +63,7 @@ def offline_row_mask(n_rows: int, offline_fraction: float) -> np.ndarray:
     return np.diff(cum) > 0
 
 
-class OfflineReplayBuffer(ReplayBuffer):
+class OfflineReplayBuffer(DeviceReplayBuffer):
     """
     SB3 replay buffer (the online part, ``buffer_size`` transitions, filled by ``add()`` as usual) plus a fixed
     offline part taken from an :class:`~sb3_expo.wrappers.OfflineDataset`.
@@ -70,7 +73,10 @@ class OfflineReplayBuffer(ReplayBuffer):
     dataset's terminations only (a truncation is not a terminal), so the TD target bootstraps through timeouts.
     The offline part does not count against ``buffer_size`` and is never overwritten.
 
-    Pickling (SB3's ``save_replay_buffer`` / ``load_replay_buffer``) stores the offline arrays too.
+    Pickling (SB3's ``save_replay_buffer`` / ``load_replay_buffer``) stores the offline arrays too. With tensor
+    storage (see :class:`~sb3_expo.wrappers.DeviceReplayBuffer`) the sampled offline arrays (observations, next
+    observations, actions, rewards, dones) are tensors on the device as well; ``offline_truncations`` (never
+    sampled) stays a numpy array.
     Prefer the loading subclasses (:class:`MinariReplayBuffer`, :class:`RobomimicReplayBuffer`) in
     ``replay_buffer_kwargs``: SB3 saves those kwargs with the model, so a ``dataset=`` object would be saved in every
     model zip, while a ``dataset_id`` / ``path`` is just a string.
@@ -82,6 +88,8 @@ class OfflineReplayBuffer(ReplayBuffer):
     :param n_envs: number of parallel envs (online part)
     :param optimize_memory_usage: SB3's memory-efficient online storage (Box only)
     :param handle_timeout_termination: SB3's timeout handling for the online part
+    :param storage: ``"auto"`` (tensors on the device when it is CUDA, numpy otherwise), ``"device"`` or ``"host"``
+        (see :class:`~sb3_expo.wrappers.DeviceReplayBuffer`); applies to the online and the offline arrays
     :param dataset: the offline data (actions in ``[-1, 1]``); subclasses load it from ``dataset_id`` / ``path``
     :param offline_fraction: share of offline rows in each sampled minibatch (0.5 = symmetric sampling)
     :param reward_shift: added to offline rewards (after ``reward_scale``); match the env's
@@ -89,22 +97,15 @@ class OfflineReplayBuffer(ReplayBuffer):
     :param reward_scale: multiplies offline rewards
     """
 
-    # Dict-observation variant of this exact class (set below for each public class): __new__ swaps to it.
-    _dict_variant: ClassVar[type | None] = None
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> OfflineReplayBuffer:
-        # SB3 calls replay_buffer_class(buffer_size, observation_space, ...): pick the Box or Dict base here so
-        # that one class name works in zoo YAMLs for both. Pickle calls cls.__new__(cls) with no args: no swap.
-        obs_space = args[1] if len(args) > 1 else kwargs.get("observation_space")
-        if isinstance(obs_space, spaces.Dict) and not issubclass(cls, DictReplayBuffer):
-            variant = cls.__dict__.get("_dict_variant")
-            if variant is None:
-                raise TypeError(
-                    f"{cls.__name__} has no Dict-observation variant. Fix: flatten the observations "
-                    "(sb3_expo.wrappers.FlattenDictObservation) or define `_dict_variant` for your subclass."
-                )
-            cls = variant
-        return super().__new__(cls)
+    # DeviceReplayBuffer.__new__ swaps to the exact class's `_dict_variant` (set below) for Dict spaces, so one
+    # class name works in zoo YAMLs for both. The offline arrays move with `device` like the online ones.
+    _stored_fields = DeviceReplayBuffer._stored_fields + (
+        "offline_observations",
+        "offline_next_observations",
+        "offline_actions",
+        "offline_rewards",
+        "offline_dones",
+    )
 
     def __init__(
         self,
@@ -116,6 +117,7 @@ class OfflineReplayBuffer(ReplayBuffer):
         optimize_memory_usage: bool = False,
         handle_timeout_termination: bool = True,
         *,
+        storage: str = "auto",
         dataset: OfflineDataset | None = None,
         offline_fraction: float = 0.5,
         reward_shift: float = 0.0,
@@ -131,6 +133,7 @@ class OfflineReplayBuffer(ReplayBuffer):
                 "(an OfflineDataset), or use MinariReplayBuffer(dataset_id=...) / RobomimicReplayBuffer(path=...)."
             )
         # Validate everything BEFORE SB3 allocates the online arrays: an error leaves nothing half-built.
+        check_storage(storage)
         validate_offline_dataset(dataset, observation_space, action_space)
         super().__init__(
             buffer_size,
@@ -140,6 +143,7 @@ class OfflineReplayBuffer(ReplayBuffer):
             n_envs=n_envs,
             optimize_memory_usage=optimize_memory_usage,
             handle_timeout_termination=handle_timeout_termination,
+            storage=storage,
         )
         self.offline_fraction = float(offline_fraction)
         self.reward_shift = float(reward_shift)
@@ -166,7 +170,9 @@ class OfflineReplayBuffer(ReplayBuffer):
                 dataset.next_observations, dtype=self.observation_space.dtype
             )
         # Same dtype as the online actions (SB3 casts float64 action spaces to float32).
-        self.offline_actions = np.ascontiguousarray(dataset.actions.reshape(len(dataset), self.action_dim), dtype=self.actions.dtype)
+        action_dtype = self._maybe_cast_dtype(self.action_space.dtype)
+        actions = dataset.actions.reshape(len(dataset), self.action_dim)
+        self.offline_actions = np.ascontiguousarray(actions, dtype=action_dtype)
         self.offline_rewards = np.asarray(
             transform_reward(dataset.rewards.astype(np.float32), self.reward_shift, self.reward_scale), dtype=np.float32
         )
@@ -174,6 +180,10 @@ class OfflineReplayBuffer(ReplayBuffer):
         self.offline_dones = dataset.terminations.astype(np.float32)
         self.offline_truncations = dataset.truncations.astype(bool)
         self.offline_source = dict(dataset.source)
+        # Tensor storage: the sampled offline arrays go to the device once, here (numpy arrays otherwise).
+        for name in self._stored_fields:
+            if name.startswith("offline_"):
+                setattr(self, name, self._to_storage(getattr(self, name)))
 
     @property
     def offline_size(self) -> int:
@@ -226,6 +236,8 @@ class OfflineReplayBuffer(ReplayBuffer):
         return self._get_offline_samples(inds, env)
 
     def _get_offline_samples(self, inds: np.ndarray, env: VecNormalize | None = None) -> Samples:
+        if self.tensor_storage:
+            return self._get_offline_samples_on_device(inds, env)
         actions = self.to_torch(self.offline_actions[inds])
         dones = self.to_torch(self.offline_dones[inds].reshape(-1, 1))
         rewards = self.to_torch(self._normalize_reward(self.offline_rewards[inds].reshape(-1, 1), env))
@@ -249,6 +261,24 @@ class OfflineReplayBuffer(ReplayBuffer):
             rewards=rewards,
         )
 
+    def _get_offline_samples_on_device(self, inds: np.ndarray, env: VecNormalize | None = None) -> Samples:
+        """:meth:`_get_offline_samples` for tensor storage: the rows are gathered on the device."""
+        rows = th.from_numpy(np.asarray(inds, dtype=np.int64)).to(self.device)  # the only host->device copy
+
+        def take(arr: th.Tensor) -> th.Tensor:
+            return arr[rows]
+
+        obs = self._normalized_obs(_tree_map(take, self.offline_observations), env)
+        next_obs = self._normalized_obs(_tree_map(take, self.offline_next_observations), env)
+        samples_cls = DictReplayBufferSamples if isinstance(obs, dict) else ReplayBufferSamples
+        return samples_cls(
+            observations=obs,
+            actions=take(self.offline_actions),  # type: ignore[arg-type]
+            next_observations=next_obs,
+            dones=take(self.offline_dones).reshape(-1, 1),  # type: ignore[arg-type]
+            rewards=self._normalized_reward(take(self.offline_rewards).reshape(-1, 1), env),  # type: ignore[arg-type]
+        )
+
 
 def _interleave(offline: Samples, online: Samples, order: th.Tensor) -> Samples:
     """``cat([offline, online])[order]`` field by field (dict observations key by key)."""
@@ -263,7 +293,7 @@ def _interleave(offline: Samples, online: Samples, order: th.Tensor) -> Samples:
     return type(offline)(*[merge(a, b) for a, b in zip(offline, online)])
 
 
-class DictOfflineReplayBuffer(OfflineReplayBuffer, DictReplayBuffer):
+class DictOfflineReplayBuffer(OfflineReplayBuffer, DictDeviceReplayBuffer):
     """Dict-observation variant of :class:`OfflineReplayBuffer` (picked automatically for Dict spaces)."""
 
 
@@ -289,6 +319,7 @@ class MinariReplayBuffer(OfflineReplayBuffer):
     :param n_envs: number of parallel envs
     :param optimize_memory_usage: SB3's memory-efficient online storage (Box only)
     :param handle_timeout_termination: SB3's timeout handling for the online part
+    :param storage: ``"auto"``, ``"device"`` or ``"host"`` (see :class:`OfflineReplayBuffer`)
     :param dataset_id: local Minari dataset id (``$MINARI_DATASETS_PATH/<id>``)
     :param obs_keys: flatten these Dict observation keys IN THIS ORDER (None: keep Dict observations)
     :param out_of_bounds: ``"error"`` or ``"clip"`` for dataset actions outside the action space
@@ -324,7 +355,7 @@ class MinariReplayBuffer(OfflineReplayBuffer):
         self.dataset_id = dataset_id
 
 
-class DictMinariReplayBuffer(MinariReplayBuffer, DictReplayBuffer):
+class DictMinariReplayBuffer(MinariReplayBuffer, DictDeviceReplayBuffer):
     """Dict-observation variant of :class:`MinariReplayBuffer` (picked automatically for Dict spaces)."""
 
 
@@ -344,6 +375,7 @@ class RobomimicReplayBuffer(OfflineReplayBuffer):
     :param n_envs: number of parallel envs
     :param optimize_memory_usage: SB3's memory-efficient online storage
     :param handle_timeout_termination: SB3's timeout handling for the online part
+    :param storage: ``"auto"``, ``"device"`` or ``"host"`` (see :class:`OfflineReplayBuffer`)
     :param path: the robomimic ``.hdf5`` file
     :param obs_keys: low-dim keys, concatenated in this order
     :param filter_key: optional ``mask/<filter_key>`` demo subset
