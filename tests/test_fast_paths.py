@@ -89,6 +89,23 @@ def test_fused_denoising_chain_matches_the_modules(layer_norm):
     th.testing.assert_close(fused, plain.detach(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.skipif(not th.backends.mkl.is_available(), reason="MKL-packed weights need an MKL build of torch")
+def test_packed_weights_for_few_rows_match_and_follow_updates():
+    """Acting-sized batches use MKL-packed block weights: same actions as the module path, re-packed after updates."""
+    th.manual_seed(0)
+    base = DiffusionBasePolicy(5, 3, 4, net_kwargs=dict(hidden_dim=32, n_blocks=2, time_dim=8))
+    obs, noise = th.randn(8, 5), th.randn(4, 8, 3)
+    for _ in range(2):
+        plain = base.sample(obs, noise=noise).detach()
+        with th.no_grad():
+            assert base._packed_block_weights(8, obs) is not None
+            assert base._packed_block_weights(base.packed_rows_max + 1, obs) is None  # large batches: plain GEMMs
+            fused = base.sample(obs, noise=noise)
+            th.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+            for p in base.parameters():  # an in-place update (optimizer / Polyak) must invalidate the packed copy
+                p.mul_(0.9)
+
+
 def test_fused_chain_is_skipped_when_it_would_differ():
     """Active dropout, autocast and autograd take the module path; eval-mode dropout does not matter."""
     base = DiffusionBasePolicy(4, 2, 3, net_kwargs=dict(hidden_dim=8, n_blocks=1, time_dim=4, dropout=0.1))
@@ -107,14 +124,14 @@ def test_member_loop_matches_the_batched_ensemble():
     with th.no_grad():
         for p in list(ensemble.ln_weights) + list(ensemble.ln_biases) + list(ensemble.biases):
             p.normal_()
-    rows = ensemble.member_loop_min_rows
+    rows = 37
     obs, actions = th.randn(rows, 4, dtype=th.float64), th.randn(rows, 2, dtype=th.float64)
     members = th.tensor([4, 0])
     batched = ensemble(obs, actions, members)  # autograd on: batched path
     with th.no_grad():
-        assert ensemble._use_member_loop(2, rows)
-        assert not ensemble._use_member_loop(5, rows) and not ensemble._use_member_loop(2, rows - 1)
+        assert ensemble._use_member_loop(2) and not ensemble._use_member_loop(5)
         looped = ensemble(obs, actions, members)
+        th.testing.assert_close(ensemble(obs, actions, th.tensor([1])), ensemble.forward(obs, actions)[1:2])
     th.testing.assert_close(looped, batched.detach(), rtol=1e-12, atol=1e-12)
 
 

@@ -178,6 +178,10 @@ class DiffusionBasePolicy(nn.Module):
         self.register_buffer("step_scale", (1.0 / alphas.sqrt()).float(), persistent=False)
         self.register_buffer("eps_scale", ((1 - alphas) / (1 - alpha_hats).sqrt()).float(), persistent=False)
         self.register_buffer("sigmas", betas.sqrt().float(), persistent=False)
+        # The same per-step constants as host floats (exactly the float32 values above) for the fused sampler's GEMM
+        # alpha/beta arguments: no 0-dim device tensors, no per-step index ops, no host sync.
+        self._step_scale_f = self.step_scale.tolist()
+        self._step_eps_f = (self.step_scale.double() * self.eps_scale.double()).tolist()
 
     def loss(self, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
         """The denoising loss ``E_{t, eps} ||eps - eps_theta(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t)||^2``.
@@ -241,30 +245,76 @@ class DiffusionBasePolicy(nn.Module):
         return not (self.training and any(isinstance(b.dropout, nn.Dropout) for b in self.net.blocks))
 
     def _denoise_fused(self, noise: th.Tensor, obs_term: th.Tensor, time_terms: th.Tensor) -> th.Tensor:
-        """The denoising chain of :meth:`sample` without autograd, in two preallocated buffers.
+        """The denoising chain of :meth:`sample` without autograd: the same arithmetic in fewer, in-place kernels.
 
-        Same arithmetic as :class:`NoisePredictionNetwork` (rounding differs only by the order of additions):
-        the residual stream ``(rows, hidden)`` and the block's hidden layer ``(rows, 4*hidden)`` are written in place
-        (``addmm`` with ``out=``, ``addmm_`` for ``x + fc2(h)``, in-place SiLU), so a step allocates nothing large and
-        each activation is written once instead of once per op. On a 2-core CPU this is the difference between
-        ~60% and ~70% of the matmul rate for the TD-target candidates (docs/performance.md).
+        Rounding differs from the module path only by the order of additions:
+
+        * the residual stream ``(rows, hidden)`` and the block's hidden layer ``(rows, 4*hidden)`` live in two
+          preallocated buffers (``addmm`` with ``out=``, ``addmm_`` for ``x + fc2(h)``, in-place SiLU): a step allocates
+          nothing large and each activation is written once, not once per op;
+        * the first Dense's conditioning ``s Ws + t_emb Wt + b`` is built for all T steps in one op;
+        * the ancestral update ``a <- k_t (a - c_t eps) + sigma_t z_t`` is folded into the output Dense:
+          ``k_t a - k_t c_t (silu(x) Wo) + [sigma_t z_t - k_t c_t bo]``, one ``addmm`` with host-float alpha/beta plus
+          one add of a term precomputed for all steps, instead of ~10 small kernels per step (acting is
+          launch-bound: 8 rows).
         """
         net = self.net
-        rows = noise.shape[1]
-        time_terms = time_terms + net.in_action.bias  # the first Dense's bias folded into the per-step term
-        w_action = net.in_action.weight.t()
+        n_steps, rows = noise.shape[0], noise.shape[1]
+        # (T, rows, hidden): conditioning of every step, one broadcast add
+        cond = obs_term.unsqueeze(0) + (time_terms + net.in_action.bias).unsqueeze(1)
+        # (T, rows, action): sigma_t * temperature * z_t (no noise at t = 0) - k_t c_t * bo
+        noise_scale = self.sigmas * self.sample_temperature
+        noise_scale[0] = 0.0
+        shift = th.addcmul(
+            (-(self.step_scale * self.eps_scale))[:, None, None] * net.out.bias, noise_scale[:, None, None], noise
+        )
+        w_action, w_out = net.in_action.weight.t(), net.out.weight.t()
+        packed = self._packed_block_weights(rows, obs_term)
+        # Plain tensors gathered once per call: the loop below runs T * n_blocks times and acting is launch-bound.
+        blocks = []
+        for i, b in enumerate(net.blocks):
+            norm = (b.norm.normalized_shape, b.norm.weight, b.norm.bias, b.norm.eps) if isinstance(b.norm, nn.LayerNorm) else None
+            w1, w2 = (b.fc1.weight.t(), b.fc2.weight.t()) if packed is None else packed[i]
+            blocks.append((norm, w1, b.fc1.bias, w2, b.fc2.bias, b.fc1.weight, b.fc2.weight))
         stream = obs_term.new_empty(rows, obs_term.shape[1])
-        hidden = obs_term.new_empty(rows, net.blocks[0].fc1.out_features) if len(net.blocks) else None
+        hidden = obs_term.new_empty(rows, net.blocks[0].fc1.out_features) if blocks else stream
         x = noise[0]
-        for t in range(self.n_diffusion_steps - 1, -1, -1):
-            # Dense(concat[a_t, s, t_emb]) = a_t Wa + (s Ws) + (t_emb Wt + b)
-            th.add(obs_term, time_terms[t], out=stream)
-            stream.addmm_(x, w_action)
-            for block in net.blocks:
-                normed = block.norm(stream)
-                th.addmm(block.fc1.bias, normed, block.fc1.weight.t(), out=hidden)
-                F.silu(hidden, inplace=True)
-                stream.addmm_(hidden, block.fc2.weight.t()).add_(block.fc2.bias)  # x + Dense(swish(...))
-            eps = th.addmm(net.out.bias, F.silu(stream), net.out.weight.t())
-            x = self._ancestral_step(x, eps, noise, t)
+        for t in range(n_steps - 1, -1, -1):
+            th.addmm(cond[t], x, w_action, out=stream)  # Dense(concat[a_t, s, t_emb])
+            for norm, w1, b1, w2, b2, fc1_weight, fc2_weight in blocks:
+                normed = stream if norm is None else th.layer_norm(stream, *norm)
+                if packed is None:
+                    th.addmm(b1, normed, w1, out=hidden)
+                    F.silu(hidden, inplace=True)
+                    stream.addmm_(hidden, w2).add_(b2)  # x + Dense(swish(Dense(LN(x))))
+                else:  # few rows: the GEMMs stream their weights; MKL-packed weights skip the per-call packing
+                    h = F.silu(th.ops.mkl._mkl_linear(normed, w1, fc1_weight, b1, rows), inplace=True)
+                    stream.add_(th.ops.mkl._mkl_linear(h, w2, fc2_weight, b2, rows))
+            x = th.addmm(x, F.silu(stream), w_out, beta=self._step_scale_f[t], alpha=-self._step_eps_f[t]).add_(shift[t])
+            if self.clip_sample:
+                x.clamp_(-1.0, 1.0)
         return x
+
+    # Acting draws N rows per observation: its GEMMs are bound by reading the weights (6 MB per denoising step at the
+    # reference size), and MKL re-packs each weight on every call. Up to this many rows the CPU path keeps MKL-packed
+    # copies of the block weights (re-packed only when a weight changed: its in-place version counter moved).
+    packed_rows_max = 64
+
+    def _packed_block_weights(self, rows: int, like: th.Tensor) -> Optional[list[tuple[th.Tensor, th.Tensor]]]:
+        if not (
+            rows <= self.packed_rows_max
+            and like.device.type == "cpu"
+            and like.dtype == th.float32
+            and th.backends.mkl.is_available()
+            and hasattr(th.ops.mkl, "_mkl_reorder_linear_weight")
+            and len(self.net.blocks) > 0
+        ):
+            return None
+        weights = [w for b in self.net.blocks for w in (b.fc1.weight, b.fc2.weight)]
+        key = (rows, tuple((id(w), w._version) for w in weights))
+        cache = self.__dict__.setdefault("_packed_cache", {})
+        if cache.get(rows, (None,))[0] != key:
+            pack = th.ops.mkl._mkl_reorder_linear_weight
+            flat = [pack(w.detach(), rows) for w in weights]
+            cache[rows] = (key, list(zip(flat[0::2], flat[1::2])))
+        return cache[rows][1]

@@ -7,7 +7,7 @@ Each hidden layer is Dense -> LayerNorm -> ReLU (RLPD / EXPO critics).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch as th
 from torch import nn
@@ -68,7 +68,7 @@ class QEnsemble(nn.Module):
         """
         x = th.cat([obs, actions], dim=-1)
         n_members = self.n_critics if members is None else members.shape[0]
-        if self._use_member_loop(n_members, x.shape[0]):
+        if self._use_member_loop(n_members):
             return self._forward_member_loop(x, members)
         n_hidden = len(self.weights) - 1
         x = x.expand(n_members, *x.shape)  # shared input: a stride-0 view, no copy
@@ -89,33 +89,31 @@ class QEnsemble(nn.Module):
                     x = F.dropout(x, self.dropout, self.training)
         return x.squeeze(-1)
 
-    # Without autograd, a subset of at most ``member_loop_max`` members on at least ``member_loop_min_rows`` rows runs
-    # member by member (the OTF argmax scores B*K candidates with num_min_qs = 2 critics): F.layer_norm then applies
-    # each member's affine in its own pass, one pass fewer per layer than the batched path's separate addcmul. Small
-    # batches (acting) stay batched: there the number of kernel launches matters, not memory passes.
+    # Without autograd, a subset of at most ``member_loop_max`` members runs member by member (the OTF argmax and the TD
+    # target use num_min_qs = 2): F.layer_norm applies each member's affine in its own pass, one pass fewer per layer
+    # than the batched path's separate addcmul, and on the CPU the members' weights are views (the batched path
+    # gathers a copy of them, which dominates for the few rows of acting).
     member_loop_max = 3
-    member_loop_min_rows = 1024
 
-    def _use_member_loop(self, n_members: int, n_rows: int) -> bool:
+    def _use_member_loop(self, n_members: int) -> bool:
         active_dropout = self.dropout > 0 and self.training
-        return (
-            n_members <= self.member_loop_max
-            and n_rows >= self.member_loop_min_rows
-            and not th.is_grad_enabled()
-            and not th.compiler.is_compiling()
-            and not active_dropout
-        )
+        return n_members <= self.member_loop_max and not th.is_grad_enabled() and not th.compiler.is_compiling() and not active_dropout
 
     def _forward_member_loop(self, x: th.Tensor, members: Optional[th.Tensor]) -> th.Tensor:
         """Same values as the batched forward, for a few members without autograd (see ``member_loop_max``)."""
-        index = members if members is not None else th.arange(self.n_critics, device=x.device)
         n_hidden = len(self.weights) - 1
-        weights = [w[index] for w in self.weights]  # one gather per parameter, then views per member
-        biases = [b[index] for b in self.biases]
-        ln_weights = [w[index] for w in self.ln_weights]
-        ln_biases = [b[index] for b in self.ln_biases]
+        if members is None:
+            index: Any = range(self.n_critics)
+            params = (self.weights, self.biases, self.ln_weights, self.ln_biases)
+        elif members.device.type == "cpu":
+            index = members.tolist()  # host memory already: no sync; weights become views below
+            params = (self.weights, self.biases, self.ln_weights, self.ln_biases)
+        else:  # one gather per parameter (no host sync), then views per member
+            index = range(members.shape[0])
+            params = tuple([p[members] for p in group] for group in (self.weights, self.biases, self.ln_weights, self.ln_biases))
+        weights, biases, ln_weights, ln_biases = params
         outputs = []
-        for j in range(index.shape[0]):
+        for j in index:
             h = x
             for i in range(n_hidden + 1):
                 h = th.addmm(biases[i][j, 0], h, weights[i][j])
