@@ -93,9 +93,20 @@ def make_model(preset: str, device: str, compile_: bool, **overrides: Any) -> EX
 
 
 def count_flops(model: EXPO) -> float:
-    """Matmul FLOPs of one env step's update (forward + backward), counted by FlopCounterMode."""
-    with FlopCounterMode(display=False) as counter:
-        model.train(model.gradient_steps, model.batch_size)
+    """Matmul FLOPs of one env step's update (forward + backward), counted by FlopCounterMode.
+
+    Counted on the nn.Module path of the diffusion chain: FlopCounterMode does not see the fused path's in-place
+    ``addmm_`` / ``out=`` GEMMs, and the FLOPs are the algorithm's, whichever kernels run them.
+    """
+    from sb3_expo.parts import DiffusionBasePolicy
+
+    fused = DiffusionBasePolicy.use_fused_inference
+    DiffusionBasePolicy.use_fused_inference = lambda self: False  # type: ignore[method-assign]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model.train(model.gradient_steps, model.batch_size)
+    finally:
+        DiffusionBasePolicy.use_fused_inference = fused  # type: ignore[method-assign]
     return float(counter.get_total_flops())
 
 
@@ -358,6 +369,24 @@ def main() -> None:
     results["env_steps_per_s"] = e2e
     for preset, v in e2e.items():
         print(f"  {preset:<10} {v:8.2f} env steps/s  (UTD {models[preset].gradient_steps})")
+
+    # The matmul rate moves by +-15% on a shared VM: measure it again and judge against the best rate seen in this run.
+    rates_end = matmul_rate(device, 1 if args.smoke else reps + 1)
+    best_rate = max(floor_rate, *rates_end.values())
+    results["matmul_gflops_end"] = rates_end
+    ref = results["update_reference"]
+    verdicts = {
+        "update at >= 90% of the best float32 matmul rate": (ref["gflop"] / ref["seconds"] / best_rate, 0.9, "ge"),
+        "update within 1.5x of its FLOP floor": (ref["seconds"] / (ref["gflop"] / best_rate), 1.5, "le"),
+        "acting p50 (reference preset, stochastic) under 10 ms": (results["acting_reference"]["stochastic_p50_ms"], 10.0, "lt"),
+        "EXPO N=1 critic updates/s >= SB3 SAC 10 critics": (
+            results["updates_per_s"]["expo_n1_critic_only"] / results["updates_per_s"]["sac_10_critics"], 1.0, "ge"),
+    }
+    results["targets"] = {k: dict(value=v, threshold=t) for k, (v, t, _) in verdicts.items()}
+    print(f"\n## Against the speed targets (best matmul rate of this run: {best_rate:.1f} GFLOP/s)")
+    for k, (v, t, op) in verdicts.items():
+        met = v >= t if op == "ge" else (v <= t if op == "le" else v < t)
+        print(f"  {k:<56} {v:8.2f}  (target {t:g})  {'met' if met else 'NOT met'}")
 
     if args.json:
         with open(args.json, "w") as f:

@@ -58,7 +58,9 @@ def draw_candidates(
         return base_actions
     m = config.n_edit_samples
     to_edit = base_actions[:, :m].reshape(batch * m, -1)
-    tanh_u, _ = edit_policy.sample(edit_features.repeat_interleave(m, dim=0), to_edit, deterministic, generator, edit_noise)
+    tanh_u, _ = edit_policy.sample(
+        edit_features.repeat_interleave(m, dim=0), to_edit, deterministic, generator, edit_noise, with_log_prob=False
+    )
     edited = to_edit + config.edit_scale * tanh_u
     if config.clip_edited_actions:
         edited = edited.clamp(-1.0, 1.0)
