@@ -65,15 +65,17 @@ def timed(fn: Callable[[], Any], repeats: int, device: th.device, warmup: int = 
     return out
 
 
-def matmul_rate(device: th.device, repeats: int) -> dict[str, float]:
+def matmul_rate(device: th.device, repeats: int, shapes: tuple[str, ...] = ()) -> dict[str, float]:
     """float32 GEMM GFLOP/s on the shapes that dominate EXPO (and a square one); the max is the floor's rate."""
-    shapes = {
+    all_shapes = {
         "2048^3": (2048, 2048, 2048),
         "2048x256x1024": (2048, 256, 1024),  # the residual blocks' GEMMs on one CPU chunk of candidates
         "2048x1024x256": (2048, 1024, 256),
     }
     rates = {}
-    for name, (m, k, n) in shapes.items():
+    for name, (m, k, n) in all_shapes.items():
+        if shapes and name not in shapes:
+            continue
         a, b = th.randn(m, k, device=device), th.randn(k, n, device=device)
         seconds = min(timed(lambda: a @ b, repeats, device))
         rates[name] = 2 * m * k * n / seconds / 1e9
@@ -310,10 +312,19 @@ def main() -> None:
         models[preset] = model
         model.train(model.gradient_steps, model.batch_size)  # warm-up (and compilation)
         flops = count_flops(model)
-        seconds = statistics.median(timed(lambda: model.train(model.gradient_steps, model.batch_size), reps, device, 0))
+        # Each timed update is paired with a 2048^3 matmul rate taken just before it: on a shared VM the clock and
+        # the neighbours move the rate by +-15% within a run, and the pair shares those conditions.
+        times, paired = [], []
+        for _ in range(reps):
+            rate = max(matmul_rate(device, 2, shapes=("2048^3",)).values())
+            times += timed(lambda: model.train(model.gradient_steps, model.batch_size), 1, device, 0)
+            paired.append(flops / times[-1] / 1e9 / rate)
+        seconds = statistics.median(times)
         achieved = flops / seconds / 1e9
         floor_s = flops / (floor_rate * 1e9)
-        results[f"update_{preset}"] = dict(seconds=seconds, gflop=flops / 1e9, gflops=achieved, floor_s=floor_s)
+        results[f"update_{preset}"] = dict(
+            seconds=seconds, gflop=flops / 1e9, gflops=achieved, floor_s=floor_s, paired_fraction=statistics.median(paired)
+        )
         print(
             f"  {preset:<10} {seconds:10.3f} {flops / 1e9:9.1f} {achieved:8.1f} {achieved / floor_rate:9.0%} "
             f"{floor_s:8.3f} {floor_s / seconds:12.0%}"
@@ -376,8 +387,10 @@ def main() -> None:
     results["matmul_gflops_end"] = rates_end
     ref = results["update_reference"]
     verdicts = {
-        "update at >= 90% of the best float32 matmul rate": (ref["gflop"] / ref["seconds"] / best_rate, 0.9, "ge"),
-        "update within 1.5x of its FLOP floor": (ref["seconds"] / (ref["gflop"] / best_rate), 1.5, "le"),
+        "update / matmul rate taken beside it (median of pairs)": (ref["paired_fraction"], 0.9, "ge"),
+        "update / best float32 matmul rate of the whole run": (ref["gflop"] / ref["seconds"] / best_rate, 0.9, "ge"),
+        "update / FLOP floor at the paired rate": (1.0 / ref["paired_fraction"], 1.5, "le"),
+        "update / FLOP floor at the best rate of the run": (ref["seconds"] / (ref["gflop"] / best_rate), 1.5, "le"),
         "acting p50 (reference preset, stochastic) under 10 ms": (results["acting_reference"]["stochastic_p50_ms"], 10.0, "lt"),
         "EXPO N=1 critic updates/s >= SB3 SAC 10 critics": (
             results["updates_per_s"]["expo_n1_critic_only"] / results["updates_per_s"]["sac_10_critics"], 1.0, "ge"),
