@@ -273,7 +273,8 @@ class DiffusionBasePolicy(nn.Module):
         # Plain tensors gathered once per call: the loop below runs T * n_blocks times and acting is launch-bound.
         blocks = []
         for i, b in enumerate(net.blocks):
-            norm = (b.norm.normalized_shape, b.norm.weight, b.norm.bias, b.norm.eps) if isinstance(b.norm, nn.LayerNorm) else None
+            ln = b.norm
+            norm = (ln.normalized_shape, ln.weight, ln.bias, ln.eps) if isinstance(ln, nn.LayerNorm) else None
             w1, w2 = (b.fc1.weight.t(), b.fc2.weight.t()) if packed is None else packed[i]
             blocks.append((norm, w1, b.fc1.bias, w2, b.fc2.bias, b.fc1.weight, b.fc2.weight))
         stream = obs_term.new_empty(rows, obs_term.shape[1])
@@ -290,7 +291,9 @@ class DiffusionBasePolicy(nn.Module):
                 else:  # few rows: the GEMMs stream their weights; MKL-packed weights skip the per-call packing
                     h = F.silu(th.ops.mkl._mkl_linear(normed, w1, fc1_weight, b1, rows), inplace=True)
                     stream.add_(th.ops.mkl._mkl_linear(h, w2, fc2_weight, b2, rows))
-            x = th.addmm(x, F.silu(stream), w_out, beta=self._step_scale_f[t], alpha=-self._step_eps_f[t]).add_(shift[t])
+            # a_{t-1} = k_t a_t - k_t c_t (silu(x) Wo) + [sigma_t z_t - k_t c_t bo]
+            x = th.addmm(x, F.silu(stream), w_out, beta=self._step_scale_f[t], alpha=-self._step_eps_f[t])
+            x.add_(shift[t])
             if self.clip_sample:
                 x.clamp_(-1.0, 1.0)
         return x
@@ -311,7 +314,7 @@ class DiffusionBasePolicy(nn.Module):
         ):
             return None
         weights = [w for b in self.net.blocks for w in (b.fc1.weight, b.fc2.weight)]
-        key = (rows, tuple((id(w), w._version) for w in weights))
+        key = (rows, tuple((id(w), w.data_ptr(), w._version) for w in weights))  # moved, replaced or updated
         cache = self.__dict__.setdefault("_packed_cache", {})
         if cache.get(rows, (None,))[0] != key:
             pack = th.ops.mkl._mkl_reorder_linear_weight

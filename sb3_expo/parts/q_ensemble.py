@@ -97,7 +97,12 @@ class QEnsemble(nn.Module):
 
     def _use_member_loop(self, n_members: int) -> bool:
         active_dropout = self.dropout > 0 and self.training
-        return n_members <= self.member_loop_max and not th.is_grad_enabled() and not th.compiler.is_compiling() and not active_dropout
+        return (
+            n_members <= self.member_loop_max
+            and not th.is_grad_enabled()
+            and not th.compiler.is_compiling()
+            and not active_dropout
+        )
 
     def _forward_member_loop(self, x: th.Tensor, members: Optional[th.Tensor]) -> th.Tensor:
         """Same values as the batched forward, for a few members without autograd (see ``member_loop_max``)."""
@@ -110,7 +115,8 @@ class QEnsemble(nn.Module):
             params = (self.weights, self.biases, self.ln_weights, self.ln_biases)
         else:  # one gather per parameter (no host sync), then views per member
             index = range(members.shape[0])
-            params = tuple([p[members] for p in group] for group in (self.weights, self.biases, self.ln_weights, self.ln_biases))
+            groups = (self.weights, self.biases, self.ln_weights, self.ln_biases)
+            params = tuple([p[members] for p in group] for group in groups)
         weights, biases, ln_weights, ln_biases = params
         outputs = []
         for j in index:
