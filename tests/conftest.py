@@ -13,6 +13,7 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
+import torch as th
 
 PENDULUM_DATASET_ID = "sb3-expo/pendulum-medium-v0"
 PENDULUM_EPISODES = 10
@@ -35,3 +36,12 @@ def pendulum_dataset_id(minari_datasets_path: pathlib.Path) -> str:
 
     make_minari_dataset("Pendulum-v1", PENDULUM_DATASET_ID, n_episodes=PENDULUM_EPISODES, seed=0, quality="medium")
     return PENDULUM_DATASET_ID
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test (2 shared cores: faster and steadier for tiny tensors), restored after."""
+    n = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(n)

@@ -37,13 +37,7 @@ DICT_OBS = spaces.Dict(
 OFFLINE_DICT_OBS = spaces.Dict({k: s for k, s in DICT_OBS.spaces.items() if k != "mode"})  # Box keys only
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is faster and steadier for these tiny tensors.
-    n = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_obs(space: spaces.Space, n_envs: int, rng: np.random.Generator):

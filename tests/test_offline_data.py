@@ -47,13 +47,7 @@ def tiny(**overrides):
     return kwargs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is faster and steadier for these tiny nets.
-    n = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------------------------------
