@@ -106,6 +106,38 @@ def test_packed_weights_for_few_rows_match_and_follow_updates():
                 p.mul_(0.9)
 
 
+def test_fused_paths_give_the_same_td_targets_and_choices(monkeypatch):
+    """Same seed and inputs: the fused chain + member loop choose the same a* and give the same TD targets as the
+    nn.Module chain + batched critics (float64)."""
+    th.manual_seed(0)
+    obs_dim, action_dim, n_steps, B = 5, 3, 4, 64
+    config = OTFConfig(n_action_samples=4, n_edit_samples=4, edit_scale=0.3, num_min_qs=2)
+    base = DiffusionBasePolicy(obs_dim, action_dim, n_steps, net_kwargs=dict(hidden_dim=16, n_blocks=2, time_dim=8)).double()
+    edit = EditPolicy(obs_dim, action_dim, net_arch=(16, 16)).double()
+    target = QEnsemble(obs_dim + action_dim, n_critics=6, net_arch=(16, 16)).double()
+    with th.no_grad():
+        for p in list(target.ln_weights) + list(target.ln_biases):
+            p.normal_()
+    next_obs = th.randn(B, obs_dim, dtype=th.float64)
+    rewards, dones = th.randn(B, dtype=th.float64), (th.rand(B) < 0.2).double()
+    base_noise = th.randn(n_steps, B * 4, action_dim, dtype=th.float64)
+    edit_noise = th.randn(B * 4, action_dim, dtype=th.float64)
+
+    def target_and_choice():
+        with th.no_grad():
+            cands = draw_candidates(base, edit, next_obs, next_obs, config, base_noise=base_noise, edit_noise=edit_noise)
+            th.manual_seed(1)  # same critic subsets
+            return td_target(target, target, next_obs, next_obs, cands, rewards, dones, 0.99, config)
+
+    y_fast, chosen_fast = target_and_choice()
+    monkeypatch.setattr(DiffusionBasePolicy, "use_fused_inference", lambda self: False)
+    monkeypatch.setattr(QEnsemble, "member_loop_max", 0)
+    y_plain, chosen_plain = target_and_choice()
+    assert th.equal(chosen_fast.index, chosen_plain.index)
+    th.testing.assert_close(chosen_fast.actions, chosen_plain.actions, rtol=1e-12, atol=1e-12)
+    th.testing.assert_close(y_fast, y_plain, rtol=1e-12, atol=1e-12)
+
+
 def test_fused_chain_is_skipped_when_it_would_differ():
     """Active dropout, autocast and autograd take the module path; eval-mode dropout does not matter."""
     base = DiffusionBasePolicy(4, 2, 3, net_kwargs=dict(hidden_dim=8, n_blocks=1, time_dim=4, dropout=0.1))
@@ -129,7 +161,9 @@ def test_member_loop_matches_the_batched_ensemble():
     members = th.tensor([4, 0])
     batched = ensemble(obs, actions, members)  # autograd on: batched path
     with th.no_grad():
-        assert ensemble._use_member_loop(2) and not ensemble._use_member_loop(5)
+        cpu, cuda = th.device("cpu"), th.device("cuda")
+        assert ensemble._use_member_loop(2, cpu) and not ensemble._use_member_loop(5, cpu)
+        assert not ensemble._use_member_loop(2, cuda)  # one batched kernel on CUDA
         looped = ensemble(obs, actions, members)
         th.testing.assert_close(ensemble(obs, actions, th.tensor([1])), ensemble.forward(obs, actions)[1:2])
     th.testing.assert_close(looped, batched.detach(), rtol=1e-12, atol=1e-12)

@@ -7,7 +7,7 @@ Each hidden layer is Dense -> LayerNorm -> ReLU (RLPD / EXPO critics).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch as th
 from torch import nn
@@ -68,7 +68,7 @@ class QEnsemble(nn.Module):
         """
         x = th.cat([obs, actions], dim=-1)
         n_members = self.n_critics if members is None else members.shape[0]
-        if self._use_member_loop(n_members):
+        if self._use_member_loop(n_members, x.device):
             return self._forward_member_loop(x, members)
         n_hidden = len(self.weights) - 1
         x = x.expand(n_members, *x.shape)  # shared input: a stride-0 view, no copy
@@ -89,16 +89,18 @@ class QEnsemble(nn.Module):
                     x = F.dropout(x, self.dropout, self.training)
         return x.squeeze(-1)
 
-    # Without autograd, a subset of at most ``member_loop_max`` members runs member by member (the OTF argmax and the TD
-    # target use num_min_qs = 2): F.layer_norm applies each member's affine in its own pass, one pass fewer per layer
-    # than the batched path's separate addcmul, and on the CPU the members' weights are views (the batched path
-    # gathers a copy of them, which dominates for the few rows of acting).
+    # On the CPU without autograd, a subset of at most ``member_loop_max`` members runs member by member (the OTF
+    # argmax and the TD target use num_min_qs = 2): F.layer_norm applies each member's affine in its own pass, one pass
+    # fewer per layer than the batched path's separate addcmul, and the members' weights are views (the batched path
+    # gathers a copy of them, which dominates for the few rows of acting). On CUDA the batched forward stays: there
+    # one batched kernel beats a loop of launches.
     member_loop_max = 3
 
-    def _use_member_loop(self, n_members: int) -> bool:
+    def _use_member_loop(self, n_members: int, device: th.device) -> bool:
         active_dropout = self.dropout > 0 and self.training
         return (
-            n_members <= self.member_loop_max
+            device.type == "cpu"
+            and n_members <= self.member_loop_max
             and not th.is_grad_enabled()
             and not th.compiler.is_compiling()
             and not active_dropout
@@ -107,17 +109,9 @@ class QEnsemble(nn.Module):
     def _forward_member_loop(self, x: th.Tensor, members: Optional[th.Tensor]) -> th.Tensor:
         """Same values as the batched forward, for a few members without autograd (see ``member_loop_max``)."""
         n_hidden = len(self.weights) - 1
-        if members is None:
-            index: Any = range(self.n_critics)
-            params = (self.weights, self.biases, self.ln_weights, self.ln_biases)
-        elif members.device.type == "cpu":
-            index = members.tolist()  # host memory already: no sync; weights become views below
-            params = (self.weights, self.biases, self.ln_weights, self.ln_biases)
-        else:  # one gather per parameter (no host sync), then views per member
-            index = range(members.shape[0])
-            groups = (self.weights, self.biases, self.ln_weights, self.ln_biases)
-            params = tuple([p[members] for p in group] for group in groups)
-        weights, biases, ln_weights, ln_biases = params
+        # CPU only (see _use_member_loop): the indices are in host memory already, no sync; weights are views below
+        index = range(self.n_critics) if members is None else members.tolist()
+        weights, biases, ln_weights, ln_biases = self.weights, self.biases, self.ln_weights, self.ln_biases
         outputs = []
         for j in index:
             h = x
