@@ -31,17 +31,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Optional
 
 import numpy as np
 
 if __package__ in (None, ""):  # ``python bench/lift.py``: make ``bench`` / ``sb3_expo`` importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    add_common_args, config_fields, exit_code, finish_run, load_json, resume, run_jobs, save_progress, write_json,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "bench" / "cache" / "lift"
@@ -188,7 +190,7 @@ def ensure_dataset(cache_dir: pathlib.Path, cfg: LiftConfig) -> dict[str, Any]:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     stats = write_scripted_lift_dataset(path, n_demos=cfg.n_demos, seed=cfg.demo_seed, noise=cfg.demo_noise)
-    _write_json(stats_path, stats)
+    write_json(stats_path, stats)
     print(f"dataset {path.name}: {stats['n_demos']} demos, {stats['total']} transitions, mean length "
           f"{stats['mean_length']:.1f}, scripted success {stats['success_rate']:.2f} over {stats['n_attempts']} "
           f"attempts", flush=True)  # fmt: skip
@@ -262,25 +264,10 @@ def run_path(cache_dir: pathlib.Path, method: str, seed: int) -> pathlib.Path:
     return cache_dir / "runs" / method / f"seed{seed}.json"
 
 
-def load_json(path: pathlib.Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written JSON
-
-
 def run_one(method: str, seed: int, cfg: LiftConfig, cache_dir: str) -> dict[str, Any]:
     """Train and evaluate one (method, seed); resume from its checkpoint, or return the cached result."""
     import torch as th
     from stable_baselines3 import SAC
-    from stable_baselines3.common.utils import set_random_seed
 
     from sb3_expo import EXPO
 
@@ -288,7 +275,6 @@ def run_one(method: str, seed: int, cfg: LiftConfig, cache_dir: str) -> dict[str
     cache = pathlib.Path(cache_dir)
     key = cfg.key()
     path = run_path(cache, method, seed)
-    ckpt, buf = path.with_suffix(".ckpt.zip"), path.with_suffix(".buffer.pkl")
     tag = f"[lift/{method}/seed{seed}]"
     old = load_json(path)
     if old is not None and old.get("key") == key and old.get("complete"):
@@ -301,17 +287,9 @@ def run_one(method: str, seed: int, cfg: LiftConfig, cache_dir: str) -> dict[str
     deterministic = method != "expo"  # EXPO: stochastic OTF policy (the paper); SAC: mean action (RLPD)
     cls = SAC if method == "rlpd" else EXPO
     start = time.time()
-    if (
-        old is not None and old.get("key") == key and ckpt.exists() and buf.exists()
-        and old.get("checkpoint_step") == old["steps"][-1]
-    ):  # fmt: skip
-        model = cls.load(ckpt, env=env, device="cpu")
-        model.load_replay_buffer(buf)
-        model._last_obs = None  # start a fresh episode (the interrupted one is lost)
-        set_random_seed(seed + 7919 * int(old["steps"][-1]))
+    model = resume(cls, old, key, path, env, seed, tag)
+    if model is not None:
         record = old
-        record.setdefault("resumed_at", []).append(int(old["steps"][-1]))
-        print(f"{tag} resuming at step {old['steps'][-1]}", flush=True)
     else:
         model = build_model(method, env, cfg, data_path, seed)
         record = dict(method=method, seed=seed, key=key, steps=[], success_rate=[], successes=[], eval_lengths=[],
@@ -330,7 +308,7 @@ def run_one(method: str, seed: int, cfg: LiftConfig, cache_dir: str) -> dict[str
             print(f"{tag} pretrained base alone: success {base['success_rate']:.2f} "
                   f"({record['pretrain_seconds']:.0f} s pretraining)", flush=True)  # fmt: skip
         _evaluate_into(record, model, eval_env, cfg, eval_seed, deterministic)
-        _write_json(path, record)
+        write_json(path, record)
         print(f"{tag} step 0: success {record['success_rate'][-1]:.2f}", flush=True)
 
     counter = _TrainSuccessCounter.make(record)
@@ -340,19 +318,11 @@ def run_one(method: str, seed: int, cfg: LiftConfig, cache_dir: str) -> dict[str
         model.learn(chunk, callback=counter, reset_num_timesteps=model.num_timesteps == 0, progress_bar=False)
         record["train_seconds"] += time.time() - t0
         _evaluate_into(record, model, eval_env, cfg, eval_seed, deterministic)
-        record["complete"] = model.num_timesteps >= cfg.steps
-        if not record["complete"]:
-            model.save(ckpt)
-            model.save_replay_buffer(buf)
-            record["checkpoint_step"] = int(model.num_timesteps)
-        _write_json(path, record)
+        save_progress(model, record, path, cfg.steps)
         print(f"{tag} step {model.num_timesteps}: eval success {record['success_rate'][-1]:.2f}, training episodes "
               f"{record['train_successes']}/{record['train_episodes']} successful ({time.time() - start:.0f} s wall)",
               flush=True)  # fmt: skip
-    record["seconds_per_step"] = record["train_seconds"] / max(cfg.steps, 1)
-    _write_json(path, record)
-    for f in (ckpt, buf):
-        f.unlink(missing_ok=True)
+    finish_run(record, path, cfg.steps)
     env.close()
     eval_env.close()
     return record
@@ -369,39 +339,6 @@ def _evaluate_into(record: dict, model: Any, env: Any, cfg: LiftConfig, seed: in
     record["train_success_at"].append([record["train_successes"], record["train_episodes"]])
 
 
-def _run_job(args: tuple[str, int, LiftConfig, str]) -> tuple[str, int, Optional[str]]:
-    method, seed, cfg, cache = args
-    try:
-        run_one(method, seed, cfg, cache)
-        return method, seed, None
-    except Exception as e:  # report and go on with the other runs
-        import traceback
-
-        traceback.print_exc()
-        return method, seed, f"{type(e).__name__}: {e}"
-
-
-def run_all(todo: list[tuple[str, int]], cfg: LiftConfig, cache_dir: pathlib.Path, jobs: int) -> list[str]:
-    """Run the (method, seed) jobs in order, ``jobs`` processes side by side."""
-    args = [(m, s, cfg, str(cache_dir)) for m, s in todo]
-    failures = []
-    if jobs <= 1:
-        for a in args:
-            *_, err = _run_job(a)
-            if err:
-                failures.append(f"{a[0]}/seed{a[1]}: {err}")
-        return failures
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_job, a) for a in args]
-        for fut in as_completed(futures):
-            m, s, err = fut.result()
-            if err:
-                failures.append(f"{m}/seed{s}: {err}")
-    return failures
-
-
 def demo_policy_success(cache_dir: pathlib.Path, cfg: LiftConfig) -> dict[str, Any]:
     """The scripted controller's success rate at the benchmark horizon (cached)."""
     path = cache_dir / "demo_policy.json"
@@ -416,7 +353,7 @@ def demo_policy_success(cache_dir: pathlib.Path, cfg: LiftConfig) -> dict[str, A
         env.close()
     out = dict(key=key, success_rate=res["success_rate"], n_episodes=len(res["successes"]),
                mean_length=float(np.mean(res["lengths"])))  # fmt: skip
-    _write_json(path, out)
+    write_json(path, out)
     print(f"scripted demo controller: success {out['success_rate']:.2f} over {out['n_episodes']} episodes "
           f"(horizon {cfg.horizon})", flush=True)  # fmt: skip
     return out
@@ -617,11 +554,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for name, typ in (("steps", int), ("eval-every", int), ("eval-episodes", int), ("horizon", int),
                       ("learning-starts", int), ("pretrain-steps", int), ("n-demos", int), ("demo-eval-episodes", int)):
         p.add_argument(f"--{name}", type=typ, default=None)  # fmt: skip
-    p.add_argument("--preset", default=None, choices=["cpu", "tiny", "reference"], help="EXPO preset (default cpu)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 200 env steps per method")
-    p.add_argument("--report-only", action="store_true", help="build the table and plot from the cache")
-    p.add_argument("--jobs", type=int, default=1, help="processes side by side (at most 2 on 2 cores)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    add_common_args(p)
     p.add_argument("--cache-dir", type=pathlib.Path, default=None, help="default: bench/cache/lift (quick: .../quick)")
     p.add_argument("--results-dir", type=pathlib.Path, default=None,
                    help="default: bench/results (quick: <cache-dir>/results)")  # fmt: skip
@@ -629,14 +563,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> LiftConfig:
-    fields: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("steps", "eval_every", "eval_episodes", "horizon", "learning_starts", "pretrain_steps", "n_demos",
-                 "demo_eval_episodes", "preset"):  # fmt: skip
-        value = getattr(args, name)
-        if value is not None:
-            fields[name] = value
-    fields["threads"] = args.threads
-    return LiftConfig(**fields)
+    names = ("steps", "eval_every", "eval_episodes", "horizon", "learning_starts", "pretrain_steps", "n_demos",
+             "demo_eval_episodes", "preset")  # fmt: skip
+    return LiftConfig(**config_fields(args, names, QUICK if args.quick else {}))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -658,10 +587,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         demo_policy_success(cache_dir, cfg)
         # Seed-major order: partial results stay balanced across methods.
         todo = [(m, s) for s in seeds for m in args.methods]
-        failures = run_all(todo, cfg, cache_dir, args.jobs)
+        failures = run_jobs(run_one, todo, (cfg, str(cache_dir)), args.jobs)
         wall = time.time() - t0
         print(f"{len(todo)} runs done in {wall:.0f} s", flush=True)
-        _write_json(cache_dir / "last_invocation.json", dict(key=cfg.key(), wall_seconds=wall, seeds=seeds,
+        write_json(cache_dir / "last_invocation.json", dict(key=cfg.key(), wall_seconds=wall, seeds=seeds,
                                                              methods=args.methods, jobs=args.jobs))  # fmt: skip
     else:
         last = load_json(cache_dir / "last_invocation.json")
@@ -669,10 +598,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             wall = last["wall_seconds"]
     results_dir = args.results_dir or (cache_dir / "results" if args.quick else DEFAULT_RESULTS)
     report(cfg, cache_dir, results_dir, stem, wall)
-    if failures:
-        print("FAILED runs:\n  " + "\n  ".join(failures), flush=True)
-        return 1
-    return 0
+    return exit_code(failures)
 
 
 if __name__ == "__main__":

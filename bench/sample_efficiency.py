@@ -37,7 +37,6 @@ import os
 import pathlib
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Optional
 
 import numpy as np
@@ -45,6 +44,9 @@ import numpy as np
 if __package__ in (None, ""):  # ``python bench/sample_efficiency.py``: make ``bench`` importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench.common import (
+    add_common_args, config_fields, exit_code, finish_run, load_json, resume, run_jobs, save_progress, write_json,
+)
 from bench.metrics import Interval, bootstrap_ci, compare, curve_intervals, ratio_to_reference, steps_to_threshold
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -274,25 +276,10 @@ def run_path(cache_dir: pathlib.Path, task: str, method: str, seed: int) -> path
     return cache_dir / "runs" / task / method / f"seed{seed}.json"
 
 
-def load_run(path: pathlib.Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written JSON
-
-
 def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: str) -> dict[str, Any]:
     """Train and evaluate one (task, method, seed); resume from its checkpoint, or return the cached result."""
     import torch as th
     from stable_baselines3 import SAC
-    from stable_baselines3.common.utils import set_random_seed
 
     from sb3_expo import EXPO
 
@@ -302,9 +289,8 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
     task = TASKS[task_name]
     key = cfg.key(task)
     path = run_path(cache, task_name, method, seed)
-    ckpt, buf = path.with_suffix(".ckpt.zip"), path.with_suffix(".buffer.pkl")
     tag = f"[{task_name}/{method}/seed{seed}]"
-    old = load_run(path)
+    old = load_json(path)
     if old is not None and old.get("key") == key and old.get("complete"):
         print(f"{tag} cached", flush=True)
         return old
@@ -315,17 +301,9 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
     cls = SAC if method in ("sac", "rlpd") else EXPO
     record: dict[str, Any]
     start = time.time()
-    if (
-        old is not None and old.get("key") == key and ckpt.exists() and buf.exists()
-        and old.get("checkpoint_step") == old["steps"][-1]
-    ):  # fmt: skip
-        model = cls.load(ckpt, env=env, device="cpu")
-        model.load_replay_buffer(buf)
-        model._last_obs = None  # start a fresh episode (the interrupted one is lost)
-        set_random_seed(seed + 7919 * int(old["steps"][-1]))
+    model = resume(cls, old, key, path, env, seed, tag)
+    if model is not None:
         record = old
-        record.setdefault("resumed_at", []).append(int(old["steps"][-1]))
-        print(f"{tag} resuming at step {old['steps'][-1]}", flush=True)
         prior_time = float(record.get("train_seconds", 0.0))
     else:
         model = build_model(method, task, cfg, env, seed)
@@ -340,14 +318,14 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
             rets = evaluate(model, eval_env, cfg.static_eval_episodes, eval_seed)
             record.update(steps=[0], returns=[float(np.mean(rets))], episode_returns=[rets], static=True, complete=True)
             record["train_seconds"] = 0.0
-            _write_json(path, record)
+            write_json(path, record)
             print(f"{tag} base only: return {np.mean(rets):.1f} over {len(rets)} episodes", flush=True)
             return record
         rets = evaluate(model, eval_env, cfg.eval_episodes, eval_seed)
         record["steps"].append(0)
         record["returns"].append(float(np.mean(rets)))
         record["episode_returns"].append(rets)
-        _write_json(path, record)
+        write_json(path, record)
 
     train_time = 0.0
     while model.num_timesteps < steps:
@@ -360,52 +338,11 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
         record["returns"].append(float(np.mean(rets)))
         record["episode_returns"].append(rets)
         record["train_seconds"] = prior_time + train_time
-        record["complete"] = model.num_timesteps >= steps
-        if not record["complete"]:
-            model.save(ckpt)
-            model.save_replay_buffer(buf)
-            record["checkpoint_step"] = int(model.num_timesteps)
-        _write_json(path, record)
+        save_progress(model, record, path, steps)
         print(f"{tag} step {model.num_timesteps}: return {np.mean(rets):.1f} "
               f"({(time.time() - start):.0f} s wall)", flush=True)  # fmt: skip
-    record["seconds_per_step"] = record["train_seconds"] / max(steps, 1)
-    _write_json(path, record)
-    for f in (ckpt, buf):
-        f.unlink(missing_ok=True)
+    finish_run(record, path, steps)
     return record
-
-
-def _run_job(args: tuple[str, str, int, RunConfig, str]) -> tuple[str, str, int, Optional[str]]:
-    task, method, seed, cfg, cache = args
-    try:
-        run_one(task, method, seed, cfg, cache)
-        return task, method, seed, None
-    except Exception as e:  # report and go on with the other runs
-        import traceback
-
-        traceback.print_exc()
-        return task, method, seed, f"{type(e).__name__}: {e}"
-
-
-def run_all(jobs_list: list[tuple[str, str, int]], cfg: RunConfig, cache_dir: pathlib.Path, jobs: int) -> list[str]:
-    """Run the (task, method, seed) jobs in the given order, ``jobs`` processes side by side."""
-    args = [(t, m, s, cfg, str(cache_dir)) for t, m, s in jobs_list]
-    failures = []
-    if jobs <= 1:
-        for a in args:
-            *_, err = _run_job(a)
-            if err:
-                failures.append(f"{a[0]}/{a[1]}/seed{a[2]}: {err}")
-        return failures
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_job, a) for a in args]
-        for fut in as_completed(futures):
-            t, m, s, err = fut.result()
-            if err:
-                failures.append(f"{t}/{m}/seed{s}: {err}")
-    return failures
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -418,7 +355,7 @@ def collect(cache_dir: pathlib.Path, cfg: RunConfig, task_names: list[str]) -> d
         for method in task.methods:
             runs = []
             for p in sorted((cache_dir / "runs" / name / method).glob("seed*.json")):
-                r = load_run(p)
+                r = load_json(p)
                 if r is not None and r.get("key") == cfg.key(task) and r.get("steps"):
                     runs.append(r)
             if runs:
@@ -667,14 +604,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--learning-starts", type=int, default=None)
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--max-episode-steps", type=int, default=None, help="override the env's TimeLimit (quick mode)")
-    p.add_argument("--preset", default=None, choices=["cpu", "tiny", "reference"], help="EXPO preset (default cpu)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, tiny budgets (a few minutes)")
     p.add_argument("--tiny", action="store_true", help="even smaller than --quick (tests): tiny preset, ~60 steps")
     p.add_argument("--runs", nargs="+", default=None, metavar="TASK/METHOD/SEED",
                    help="explicit runs in this priority order (instead of --tasks x --methods x --seeds)")  # fmt: skip
-    p.add_argument("--report-only", action="store_true", help="build the table and plots from the cache")
-    p.add_argument("--jobs", type=int, default=1, help="processes side by side (at most 2 on 2 cores)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    add_common_args(p)
     p.add_argument("--cache-dir", type=pathlib.Path, default=DEFAULT_CACHE)
     p.add_argument("--results-dir", type=pathlib.Path, default=None,
                    help="default: bench/results (quick/tiny: <cache-dir>/quick_results)")  # fmt: skip
@@ -682,17 +616,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    fields: dict[str, Any] = {}
-    if args.tiny:
-        fields.update(TINY)
-    elif args.quick:
-        fields.update(QUICK)
-    for name in ("steps", "eval_every", "eval_episodes", "learning_starts", "pretrain_steps", "max_episode_steps", "preset"):
-        value = getattr(args, name)
-        if value is not None:
-            fields[name] = value
-    fields["threads"] = args.threads
-    return RunConfig(**fields)
+    names = ("steps", "eval_every", "eval_episodes", "learning_starts", "pretrain_steps", "max_episode_steps", "preset")
+    return RunConfig(**config_fields(args, names, TINY if args.tiny else (QUICK if args.quick else {})))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -719,13 +644,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     raise SystemExit(f"--runs: unknown task/method in {spec!r}")
                 todo.append((t, m, int(s)))
         t0 = time.time()
-        failures = run_all(todo, cfg, cache_dir, args.jobs)
+        failures = run_jobs(run_one, todo, (cfg, str(cache_dir)), args.jobs)
         print(f"{len(todo)} runs done in {time.time() - t0:.0f} s", flush=True)
     report(args.tasks, cfg, cache_dir, results_dir)
-    if failures:
-        print("FAILED runs:\n  " + "\n  ".join(failures), flush=True)
-        return 1
-    return 0
+    return exit_code(failures)
 
 
 if __name__ == "__main__":

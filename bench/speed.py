@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import time
-from collections import defaultdict
 from typing import Any, Callable
 
 import gymnasium as gym

@@ -165,3 +165,44 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
     assert {p: p.stat().st_mtime_ns for p in (cache / "runs").rglob("*.json")} == before
     # report-only works from the cache alone
     assert se.main(argv + ["--report-only"]) == 0
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_run_jobs_reports_failures_and_runs_the_rest(jobs):
+    """bench.common.run_jobs: every job runs (in order or in spawned processes); failures are listed, not raised."""
+    from bench.common import run_jobs
+
+    failures = run_jobs(divmod, [(7, 2), (1, 0), (9, 3)], (), jobs)
+    assert failures == ["1/seed0: ZeroDivisionError: integer division or modulo by zero"]
+
+
+def test_write_json_is_atomic_and_load_json_tolerates_garbage(tmp_path):
+    from bench.common import load_json, write_json
+
+    path = tmp_path / "runs" / "seed0.json"
+    write_json(path, {"a": 1})
+    assert load_json(path) == {"a": 1} and not list(path.parent.glob("*.tmp"))
+    path.write_text("{half")
+    assert load_json(path) is None and load_json(tmp_path / "missing.json") is None
+
+
+def test_checkpoint_resume_and_finish(tmp_path):
+    """A run checkpointed mid-way resumes with its model and buffer; finishing drops the checkpoint."""
+    import gymnasium as gym
+
+    from bench.common import checkpoint_paths, finish_run, resume, save_progress
+    from sb3_expo import EXPO, get_preset
+
+    path = tmp_path / "runs" / "seed0.json"
+    model = EXPO("MlpPolicy", gym.make("Pendulum-v1"), seed=0, device="cpu", **get_preset("tiny", learning_starts=20))
+    model.learn(40)
+    record = dict(key="k", steps=[40], train_seconds=2.0)
+    save_progress(model, record, path, total_steps=80)
+    assert not record["complete"] and record["checkpoint_step"] == 40
+    assert all(p.exists() for p in checkpoint_paths(path))
+    assert resume(EXPO, record, "other key", path, gym.make("Pendulum-v1"), 0, "[t]") is None  # settings changed
+    resumed = resume(EXPO, record, "k", path, gym.make("Pendulum-v1"), 0, "[t]")
+    assert resumed.num_timesteps == 40 and resumed.replay_buffer.size() == model.replay_buffer.size()
+    assert record["resumed_at"] == [40]
+    finish_run(record, path, total_steps=80)
+    assert record["seconds_per_step"] == 2.0 / 80 and not any(p.exists() for p in checkpoint_paths(path))
