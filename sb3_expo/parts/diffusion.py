@@ -13,6 +13,8 @@ import torch as th
 from torch import nn
 from torch.nn import functional as F
 
+from sb3_expo.kernels import NativeDenoiser, native_denoiser
+
 
 def vp_beta_schedule(n_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> th.Tensor:
     """IDQL's discretised variance-preserving schedule.
@@ -260,14 +262,12 @@ class DiffusionBasePolicy(nn.Module):
         """
         net = self.net
         n_steps, rows = noise.shape[0], noise.shape[1]
+        native = self._native(rows, obs_term)
+        if native is not None:
+            return self._denoise_native(native, noise, obs_term, time_terms)
         # (T, rows, hidden): conditioning of every step, one broadcast add
         cond = obs_term.unsqueeze(0) + (time_terms + net.in_action.bias).unsqueeze(1)
-        # (T, rows, action): sigma_t * temperature * z_t (no noise at t = 0) - k_t c_t * bo
-        noise_scale = self.sigmas * self.sample_temperature
-        noise_scale[0] = 0.0
-        shift = th.addcmul(
-            (-(self.step_scale * self.eps_scale))[:, None, None] * net.out.bias, noise_scale[:, None, None], noise
-        )
+        shift = self._step_shift(noise)
         w_action, w_out = net.in_action.weight.t(), net.out.weight.t()
         packed = self._packed_block_weights(rows, obs_term)
         # Plain tensors gathered once per call: the loop below runs T * n_blocks times and acting is launch-bound.
@@ -297,6 +297,80 @@ class DiffusionBasePolicy(nn.Module):
             if self.clip_sample:
                 x.clamp_(-1.0, 1.0)
         return x
+
+    def _step_shift(self, noise: th.Tensor) -> th.Tensor:
+        """(T, rows, action): ``sigma_t * temperature * z_t`` (no noise at t = 0) ``- k_t c_t * bo``."""
+        noise_scale = self.sigmas * self.sample_temperature
+        noise_scale[0] = 0.0
+        return th.addcmul(
+            (-(self.step_scale * self.eps_scale))[:, None, None] * self.net.out.bias, noise_scale[:, None, None], noise
+        )
+
+    # From this many rows on (the TD-target candidates), the CPU float32 chain runs in the native kernel
+    # (sb3_expo/kernels/denoise_cpu.c) when it could be built: each thread takes tiles of ``native_tile_rows`` rows
+    # through all T steps and blocks inside its own L2 cache. Fewer rows (acting) keep the PyTorch path below.
+    native_rows_min = 256
+    native_tile_rows = 256
+
+    def _native(self, rows: int, like: th.Tensor) -> Optional[NativeDenoiser]:
+        if rows < self.native_rows_min or like.device.type != "cpu" or like.dtype != th.float32 or not self.net.blocks:
+            return None
+        return native_denoiser()
+
+    def _denoise_native(
+        self, native: NativeDenoiser, noise: th.Tensor, obs_term: th.Tensor, time_terms: th.Tensor
+    ) -> th.Tensor:
+        """:meth:`_denoise_fused` in the native kernel (same arithmetic; the LayerNorm affine folded into fc1)."""
+        net, tile = self.net, self.native_tile_rows
+        w1, b1, w2, b2 = self._native_block_weights(native, tile)
+        norm = net.blocks[0].norm
+        use_ln = isinstance(norm, nn.LayerNorm)
+        return native.denoise(
+            noise.contiguous(),
+            obs_term.contiguous(),
+            (time_terms + net.in_action.bias).contiguous(),
+            net.in_action.weight.t().contiguous(),
+            use_ln,
+            norm.eps if use_ln else 0.0,
+            w1,
+            b1,
+            w2,
+            b2,
+            net.out.weight.detach().contiguous(),
+            self.step_scale.contiguous(),
+            noise.new_tensor(self._step_eps_f),
+            self._step_shift(noise).contiguous(),
+            self.clip_sample,
+            tile,
+            net.blocks[0].fc1.in_features,
+            net.blocks[0].fc1.out_features,
+        )
+
+    def _native_block_weights(
+        self, native: NativeDenoiser, tile: int
+    ) -> tuple[list[th.Tensor], th.Tensor, list[th.Tensor], th.Tensor]:
+        """MKL-packed fc1/fc2 weights with the LayerNorm affine folded into fc1, re-packed only after an update.
+
+        ``LN(x) W1^T + b1 = xhat (g * W1)^T + (b1 + W1 beta)``: the kernel then normalises without an affine pass.
+        """
+        params = [p for b in self.net.blocks for p in b.parameters()]
+        key = (tile, tuple((id(p), p.data_ptr(), p._version) for p in params))  # moved, replaced or updated
+        cache = self.__dict__.get("_native_cache")
+        if cache is None or cache[0] != key:
+            w1s, b1s, w2s, b2s = [], [], [], []
+            for b in self.net.blocks:
+                w1, b1 = b.fc1.weight.detach(), b.fc1.bias.detach()
+                if isinstance(b.norm, nn.LayerNorm):
+                    g, beta = b.norm.weight.detach().double(), b.norm.bias.detach().double()
+                    b1 = (b1.double() + w1.double() @ beta).float()
+                    w1 = (w1.double() * g).float()
+                w1s.append(native.pack(w1, tile))
+                w2s.append(native.pack(b.fc2.weight, tile))
+                b1s.append(b1)
+                b2s.append(b.fc2.bias.detach())
+            cache = (key, (w1s, th.stack(b1s).contiguous(), w2s, th.stack(b2s).contiguous()))
+            self.__dict__["_native_cache"] = cache
+        return cache[1]
 
     # Acting draws N rows per observation: its GEMMs are bound by reading the weights (6 MB per denoising step at the
     # reference size), and MKL re-packs each weight on every call. Up to this many rows the CPU path keeps MKL-packed

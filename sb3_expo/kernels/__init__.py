@@ -1,0 +1,186 @@
+"""Native CPU kernels: the fused DDPM denoising chain (``denoise_cpu.c``), built on first use.
+
+The C source is compiled once per machine (``cc -O3 -march=native -fopenmp``, a second or two) into a cache folder
+and loaded with :mod:`ctypes`; it links against the torch build's own MKL (``cblas_sgemm_pack`` /
+``cblas_sgemm_compute``, exported by ``libtorch_cpu``) and its bundled OpenMP runtime, so it shares torch's thread
+pool. Nothing here is required: when the build or the self-check fails (no C compiler, a torch without MKL, a
+non-x86 machine), :func:`native_denoiser` returns ``None``, :func:`status` says why, and sb3-expo keeps the
+pure-PyTorch fused chain (same arithmetic, ~15-25% slower on the TD-target candidates).
+
+Environment:
+
+* ``SB3_EXPO_NATIVE=0`` disables the native kernels (``1``, the default, enables them);
+* ``SB3_EXPO_CACHE`` sets the build folder (default ``~/.cache/sb3_expo/kernels``);
+* ``CC`` picks the compiler (default ``cc``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch as th
+
+__all__ = ["native_denoiser", "set_enabled", "status", "NativeDenoiser"]
+
+_SOURCE = Path(__file__).with_name("denoise_cpu.c")
+_lock = threading.Lock()
+_state: dict = {"lib": None, "tried": False, "reason": "not built yet", "enabled": None}
+
+
+def _enabled() -> bool:
+    if _state["enabled"] is not None:
+        return _state["enabled"]
+    return os.environ.get("SB3_EXPO_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_enabled(enabled: bool) -> None:
+    """Switch the native kernels on or off for this process (overrides ``SB3_EXPO_NATIVE``)."""
+    _state["enabled"] = bool(enabled)
+
+
+def status() -> str:
+    """One line: whether the native denoiser is in use, and if not, why."""
+    if not _enabled():
+        return "disabled (SB3_EXPO_NATIVE=0 or set_enabled(False))"
+    native_denoiser()
+    return f"in use ({_state['path']})" if _state["lib"] is not None else f"not in use: {_state['reason']}"
+
+
+def _torch_lib_dir() -> Path:
+    return Path(th.__file__).parent / "lib"
+
+
+def _build_command(out: Path) -> list[str]:
+    lib_dir = _torch_lib_dir()
+    cmd = [os.environ.get("CC", "cc"), "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        cmd.append("-mprefer-vector-width=512")  # GCC's default tuning stops at 256-bit vectors
+    cmd += ["-fPIC", "-shared", str(_SOURCE), "-o", str(out), f"-L{lib_dir}", "-ltorch_cpu"]
+    # torch's wheels bundle their OpenMP runtime; linking the same soname makes the kernel share torch's thread pool
+    if (lib_dir / "libgomp.so.1").exists():
+        cmd.append("-l:libgomp.so.1")
+    cmd.append(f"-Wl,-rpath,{lib_dir}")
+    return cmd
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SB3_EXPO_CACHE", Path.home() / ".cache" / "sb3_expo" / "kernels"))
+
+
+def _build() -> Path:
+    """Compile (or reuse) the shared library; the file name hashes the source, the command and the torch build."""
+    if platform.system() != "Linux":
+        raise RuntimeError(f"the native kernels are built on Linux only (this is {platform.system()})")
+    if not (th.backends.mkl.is_available() and th.backends.openmp.is_available()):
+        raise RuntimeError("this torch build has no MKL or no OpenMP (the kernel uses MKL's packed GEMM)")
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler {compiler!r} on PATH (install gcc, or set CC)")
+    key = hashlib.sha256(
+        _SOURCE.read_bytes() + " ".join(_build_command(Path("x"))).encode() + th.__version__.encode()
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"libexpo_denoise_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        proc = subprocess.run(_build_command(out), capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling {_SOURCE.name} failed: {proc.stderr.strip()[-800:]}")
+        os.replace(out, target)  # atomic: concurrent builders never load a half-written file
+    return target
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.expo_pack_size.restype = ctypes.c_size_t
+    lib.expo_pack_size.argtypes = [i32, i32, i32]
+    lib.expo_pack_b.restype = None
+    lib.expo_pack_b.argtypes = [i32, i32, i32, ptr, ptr]
+    lib.expo_denoise_f32.restype = i32
+    lib.expo_denoise_f32.argtypes = (
+        [i64] * 6 + [ptr] * 4 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i64, i32, ptr]
+    )
+    return lib
+
+
+class NativeDenoiser:
+    """Thin typed wrapper over the shared library (all tensors: contiguous float32 on the CPU)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+
+    def pack(self, weight: th.Tensor, tile: int) -> th.Tensor:
+        """MKL-packed ``weight.T`` (``weight``: (out, in), an nn.Linear weight) for GEMMs of ``tile`` rows."""
+        weight = weight.detach().contiguous()
+        n, k = weight.shape
+        size = self._lib.expo_pack_size(tile, n, k)
+        dest = th.empty((size + 3) // 4, dtype=th.float32)
+        self._lib.expo_pack_b(tile, n, k, weight.data_ptr(), dest.data_ptr())
+        return dest
+
+    def denoise(
+        self,
+        noise: th.Tensor,
+        obs_term: th.Tensor,
+        time_terms: th.Tensor,
+        w_action: th.Tensor,
+        use_ln: bool,
+        ln_eps: float,
+        packed_w1: list[th.Tensor],
+        b1: th.Tensor,
+        packed_w2: list[th.Tensor],
+        b2: th.Tensor,
+        w_out: th.Tensor,
+        step_scale: th.Tensor,
+        step_eps: th.Tensor,
+        shift: th.Tensor,
+        clip: bool,
+        tile: int,
+        hidden_dim: int,
+        expanded_dim: int,
+    ) -> th.Tensor:
+        n_steps, rows, action_dim = noise.shape
+        out = th.empty(rows, action_dim, dtype=th.float32)
+        n_blocks = len(packed_w1)
+        w1_ptrs = (ctypes.c_void_p * max(n_blocks, 1))(*[w.data_ptr() for w in packed_w1])
+        w2_ptrs = (ctypes.c_void_p * max(n_blocks, 1))(*[w.data_ptr() for w in packed_w2])
+        rc = self._lib.expo_denoise_f32(
+            n_steps, rows, action_dim, hidden_dim, expanded_dim, n_blocks,
+            noise.data_ptr(), obs_term.data_ptr(), time_terms.data_ptr(), w_action.data_ptr(),
+            int(use_ln), float(ln_eps),
+            ctypes.cast(w1_ptrs, ctypes.c_void_p), b1.data_ptr(), ctypes.cast(w2_ptrs, ctypes.c_void_p), b2.data_ptr(),
+            w_out.data_ptr(), step_scale.data_ptr(), step_eps.data_ptr(), shift.data_ptr(),
+            int(clip), tile, th.get_num_threads(), out.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError(f"native denoiser: could not allocate its per-thread buffers (tile={tile} rows)")
+        return out
+
+
+def native_denoiser() -> Optional[NativeDenoiser]:
+    """The native denoiser, built and loaded on first call; ``None`` when disabled or unavailable (see :func:`status`)."""
+    if not _enabled():
+        return None
+    if _state["tried"]:
+        return _state["lib"]
+    with _lock:
+        if not _state["tried"]:
+            try:
+                path = _build()
+                _state["lib"], _state["path"] = NativeDenoiser(_load(path)), path
+            except Exception as exc:  # noqa: BLE001 - any failure means: keep the PyTorch path
+                _state["lib"], _state["reason"] = None, f"{type(exc).__name__}: {exc}"
+            _state["tried"] = True
+    return _state["lib"]

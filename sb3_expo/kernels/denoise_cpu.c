@@ -1,0 +1,208 @@
+/* The DDPM denoising chain of sb3-expo's noise-prediction network, fused for the CPU (float32).
+ *
+ * Why: at the authors' settings ~90% of an EXPO env step is this chain run on the TD target's candidates
+ * (40960 rows x T=10 steps x 3 residual blocks). In eager PyTorch every op between the block GEMMs (bias, SiLU,
+ * LayerNorm, residual add) is a separate pass over activations larger than L2. Here each thread takes a tile of
+ * rows through the WHOLE chain (all T steps, all blocks), so the activations stay in its own L2 cache and every
+ * epilogue runs on data the GEMM has just written. The GEMMs are MKL's (cblas_sgemm_compute on weights packed once
+ * per parameter update, single-threaded inside the OpenMP team); only the epilogues are written here.
+ *
+ * The arithmetic is the module path's (sb3_expo/parts/diffusion.py, NoisePredictionNetwork + the ancestral step):
+ *   s   = obs_term + time_term_t + a_t Wa                      (first Dense, bias folded into time_term_t)
+ *   per block:  s = s + (silu(LN(s) W1 + b1) W2 + b2)         (LN affine folded into W1, b1 by the caller)
+ *   a_{t-1} = k_t a_t - k_t c_t (silu(s) Wo) + shift_t        (shift_t = sigma_t z_t - k_t c_t bo)
+ *   a_{t-1} = clip(a_{t-1}, -1, 1)
+ * Rounding differs from the module path by the order of additions and by SiLU's exp (a Cephes polynomial, a few
+ * ulp); tests compare both against a float64 module-path reference.
+ *
+ * Rows are independent and every tile (the last one padded) runs the same code, so the result of a row does not
+ * depend on the thread count or on the other rows.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* MKL entry points (LP64) that torch's x86 CPU build exports from libtorch_cpu. */
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162, kPacked = 151 };
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k);
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float *src,
+                      int ld, float *dest);
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float *a, int lda,
+                         const float *b, int ldb, float beta, float *c, int ldc);
+/* Fortran interface (the C one is not exported): MKL threads of the calling thread only. */
+int mkl_set_num_threads_local(const int *n_threads);
+
+#define ALIGN 64
+
+static void *alloc_aligned(size_t bytes) { return aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN); }
+
+/* exp(x), Cephes expf polynomial; ternaries (not fminf/fmaxf) so that loops vectorise. */
+static inline float exp_f(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    union { int32_t i; float f; } two_n;
+    two_n.i = ((int32_t)n + 127) << 23;
+    return p * two_n.f;
+}
+
+static inline float silu_f(float v) { return v / (1.0f + exp_f(-v)); }
+
+/* out[i] = silu(in[i] + bias[i]) for i < n (n a multiple of 16 on the AVX-512 path). */
+static inline void bias_silu(float *restrict out, const float *restrict in, const float *restrict bias, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2_hi = _mm512_set1_ps(-0.693359375f), ln2_lo = _mm512_set1_ps(2.12194440e-4f);
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(in + i), _mm512_loadu_ps(bias + i));
+        __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), v), lo), hi); /* -v */
+        const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fmadd_ps(k, ln2_hi, x);
+        r = _mm512_fmadd_ps(k, ln2_lo, r);
+        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+        p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), one);
+        const __m512 d = _mm512_add_ps(one, _mm512_scalef_ps(p, k)); /* 1 + exp(-v) */
+        __m512 inv = _mm512_rcp14_ps(d);
+        inv = _mm512_mul_ps(inv, _mm512_fnmadd_ps(d, inv, two)); /* one Newton step: ~2^-28 relative */
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(v, inv));
+    }
+#endif
+    for (; i < n; ++i) out[i] = silu_f(in[i] + bias[i]);
+}
+
+size_t expo_pack_size(int m, int n, int k) { return cblas_sgemm_pack_get_size(kBMatrix, m, n, k); }
+
+/* Pack B = W^T for C (m x n) = A (m x k) B, W (n, k) row-major (an nn.Linear weight). */
+void expo_pack_b(int m, int n, int k, const float *w, float *dest) {
+    cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, m, n, k, 1.0f, w, k, dest);
+}
+
+/* Returns 0 on success, 2 if a thread's buffers could not be allocated. Shapes: noise (T, M, A) with noise[0] = a_T;
+ * obs_term (M, H); time_terms (T, H) incl. the first Dense's bias; w_action (A, H) = Wa; w1[b], w2[b] packed for
+ * m = tile (W1 with the LN scale folded in); b1 (nb, F) (LN shift folded in); b2 (nb, H); w_out (A, H) = out.weight;
+ * step_scale, step_eps (T); shift (T, M, A); x_out (M, A). */
+int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int64_t nb, const float *noise,
+                     const float *obs_term, const float *time_terms, const float *w_action, int use_ln, float ln_eps,
+                     const float *const *w1, const float *b1, const float *const *w2, const float *b2,
+                     const float *w_out, const float *step_scale, const float *step_eps, const float *shift, int clip,
+                     int64_t tile, int n_threads, float *x_out) {
+    const int64_t n_tiles = (M + tile - 1) / tile;
+    int failed = 0;
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int one = 1, zero = 0;
+        mkl_set_num_threads_local(&one); /* the team is the parallelism: each GEMM runs on its own thread */
+        float *stream = alloc_aligned(sizeof(float) * tile * H); /* residual stream of the tile */
+        float *normed = alloc_aligned(sizeof(float) * tile * H); /* LN(stream), the fc1 input */
+        float *hidden = alloc_aligned(sizeof(float) * tile * F); /* the 4x-wide layer */
+        float *x = alloc_aligned(sizeof(float) * tile * A);      /* a_t */
+        float *zeros = calloc((size_t)H, sizeof(float));
+        if (!stream || !normed || !hidden || !x || !zeros) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            /* padding rows of the last tile hold zeros, never NaN */
+            memset(stream, 0, sizeof(float) * tile * H);
+            memset(normed, 0, sizeof(float) * tile * H);
+            memset(x, 0, sizeof(float) * tile * A);
+#pragma omp for schedule(static)
+            for (int64_t ti = 0; ti < n_tiles; ++ti) {
+                const int64_t r0 = ti * tile, rows = M - r0 < tile ? M - r0 : tile;
+                memcpy(x, noise + r0 * A, sizeof(float) * rows * A);
+                for (int64_t t = T - 1; t >= 0; --t) {
+                    const float *restrict tt = time_terms + t * H;
+                    /* first Dense: s = obs_term + time_term_t + a_t Wa */
+                    for (int64_t r = 0; r < rows; ++r) {
+                        float *restrict s = stream + r * H;
+                        const float *restrict o = obs_term + (r0 + r) * H;
+                        for (int64_t h = 0; h < H; ++h) s[h] = o[h] + tt[h];
+                        for (int64_t a = 0; a < A; ++a) {
+                            const float xa = x[r * A + a];
+                            const float *restrict wa = w_action + a * H;
+                            for (int64_t h = 0; h < H; ++h) s[h] = fmaf(xa, wa[h], s[h]);
+                        }
+                    }
+                    for (int64_t b = 0; b < nb; ++b) {
+                        const float *gemm_in = stream;
+                        if (use_ln) { /* (s - mean) / sqrt(var + eps); the affine is folded into W1, b1 */
+                            for (int64_t r = 0; r < rows; ++r) {
+                                const float *restrict s = stream + r * H;
+                                float *restrict o = normed + r * H;
+                                float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mean)
+                                for (int64_t h = 0; h < H; ++h) mean += s[h];
+                                mean /= (float)H;
+#pragma omp simd reduction(+ : var)
+                                for (int64_t h = 0; h < H; ++h) {
+                                    const float d = s[h] - mean;
+                                    var += d * d;
+                                }
+                                const float rstd = 1.0f / sqrtf(var / (float)H + ln_eps);
+                                for (int64_t h = 0; h < H; ++h) o[h] = (s[h] - mean) * rstd;
+                            }
+                            gemm_in = normed;
+                        }
+                        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)tile, (int)F, (int)H, gemm_in, (int)H,
+                                            w1[b], (int)F, 0.0f, hidden, (int)F);
+                        const float *restrict bb1 = b1 + b * F, *restrict bb2 = b2 + b * H;
+                        for (int64_t r = 0; r < rows; ++r) {
+                            bias_silu(hidden + r * F, hidden + r * F, bb1, F);
+                            float *restrict s = stream + r * H; /* + b2 now; the fc2 GEMM below adds h W2 */
+                            for (int64_t h = 0; h < H; ++h) s[h] += bb2[h];
+                        }
+                        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)tile, (int)H, (int)F, hidden, (int)F,
+                                            w2[b], (int)H, 1.0f, stream, (int)H);
+                    }
+                    /* a_{t-1} = k_t a_t - k_t c_t (silu(s) Wo) + shift_t, clipped */
+                    const float k = step_scale[t], kc = step_eps[t];
+                    const float *restrict sh = shift + (t * M + r0) * A;
+                    for (int64_t r = 0; r < rows; ++r) {
+                        float *restrict s = stream + r * H;
+                        bias_silu(s, s, zeros, H);
+                        for (int64_t a = 0; a < A; ++a) {
+                            const float *restrict wo = w_out + a * H;
+                            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                            for (int64_t h = 0; h < H; ++h) acc += s[h] * wo[h];
+                            float v = k * x[r * A + a] - kc * acc + sh[r * A + a];
+                            if (clip) {
+                                v = v < -1.0f ? -1.0f : v;
+                                v = v > 1.0f ? 1.0f : v;
+                            }
+                            x[r * A + a] = v;
+                        }
+                    }
+                }
+                memcpy(x_out + r0 * A, x, sizeof(float) * rows * A);
+            }
+        }
+        free(stream);
+        free(normed);
+        free(hidden);
+        free(x);
+        free(zeros);
+        mkl_set_num_threads_local(&zero);
+    }
+    return failed ? 2 : 0;
+}
