@@ -8,7 +8,7 @@ import pytest
 import torch as th
 from torch.nn import functional as F
 
-from sb3_expo import EXPO, get_preset
+from sb3_expo import EXPO, get_preset, kernels
 from sb3_expo.config import OTFConfig
 from sb3_expo.otf import draw_candidates, td_target
 from sb3_expo.parts import DiffusionBasePolicy, EditPolicy, QEnsemble
@@ -90,8 +90,10 @@ def test_fused_denoising_chain_matches_the_modules(layer_norm):
 
 
 @pytest.mark.skipif(not th.backends.mkl.is_available(), reason="MKL-packed weights need an MKL build of torch")
-def test_packed_weights_for_few_rows_match_and_follow_updates():
-    """Acting-sized batches use MKL-packed block weights: same actions as the module path, re-packed after updates."""
+def test_packed_weights_for_few_rows_match_and_follow_updates(monkeypatch):
+    """Without the native kernel, acting-sized batches use MKL-packed block weights: same actions as the module path,
+    re-packed after updates."""
+    monkeypatch.setitem(kernels._state, "enabled", False)  # the PyTorch fallback chain
     th.manual_seed(0)
     base = DiffusionBasePolicy(5, 3, 4, net_kwargs=dict(hidden_dim=32, n_blocks=2, time_dim=8))
     obs, noise = th.randn(8, 5), th.randn(4, 8, 3)

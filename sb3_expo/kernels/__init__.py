@@ -42,9 +42,9 @@ def _enabled() -> bool:
     return os.environ.get("SB3_EXPO_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def set_enabled(enabled: bool) -> None:
-    """Switch the native kernels on or off for this process (overrides ``SB3_EXPO_NATIVE``)."""
-    _state["enabled"] = bool(enabled)
+def set_enabled(enabled: Optional[bool]) -> None:
+    """Switch the native kernels on or off for this process (``None``: follow ``SB3_EXPO_NATIVE`` again)."""
+    _state["enabled"] = None if enabled is None else bool(enabled)
 
 
 def status() -> str:

@@ -262,7 +262,7 @@ class DiffusionBasePolicy(nn.Module):
         """
         net = self.net
         n_steps, rows = noise.shape[0], noise.shape[1]
-        native = self._native(rows, obs_term)
+        native = self._native(obs_term)
         if native is not None:
             return self._denoise_native(native, noise, obs_term, time_terms)
         # (T, rows, hidden): conditioning of every step, one broadcast add
@@ -306,22 +306,26 @@ class DiffusionBasePolicy(nn.Module):
             (-(self.step_scale * self.eps_scale))[:, None, None] * self.net.out.bias, noise_scale[:, None, None], noise
         )
 
-    # From this many rows on (the TD-target candidates), the CPU float32 chain runs in the native kernel
-    # (sb3_expo/kernels/denoise_cpu.c) when it could be built: each thread takes tiles of ``native_tile_rows`` rows
-    # through all T steps and blocks inside its own L2 cache. Fewer rows (acting) keep the PyTorch path below.
-    native_rows_min = 256
+    # The CPU float32 chain runs in the native kernel (sb3_expo/kernels/denoise_cpu.c) when it could be built: each
+    # thread takes tiles of up to ``native_tile_rows`` rows through all T steps and blocks inside its own L2 cache
+    # (TD-target candidates), and acting (N rows) is one call instead of ~10 small ops per block and step.
     native_tile_rows = 256
 
-    def _native(self, rows: int, like: th.Tensor) -> Optional[NativeDenoiser]:
-        if rows < self.native_rows_min or like.device.type != "cpu" or like.dtype != th.float32 or not self.net.blocks:
+    def _native(self, like: th.Tensor) -> Optional[NativeDenoiser]:
+        if like.device.type != "cpu" or like.dtype != th.float32 or not self.net.blocks:
             return None
         return native_denoiser()
+
+    def _native_tile(self, rows: int) -> int:
+        """Rows per tile: ``native_tile_rows``, or few enough that a small batch (acting) still uses every thread."""
+        threads = max(1, th.get_num_threads())
+        return max(1, min(self.native_tile_rows, -(-rows // threads)))
 
     def _denoise_native(
         self, native: NativeDenoiser, noise: th.Tensor, obs_term: th.Tensor, time_terms: th.Tensor
     ) -> th.Tensor:
         """:meth:`_denoise_fused` in the native kernel (same arithmetic; the LayerNorm affine folded into fc1)."""
-        net, tile = self.net, self.native_tile_rows
+        net, tile = self.net, self._native_tile(noise.shape[1])
         w1, b1, w2, b2 = self._native_block_weights(native, tile)
         norm = net.blocks[0].norm
         use_ln = isinstance(norm, nn.LayerNorm)
@@ -354,8 +358,9 @@ class DiffusionBasePolicy(nn.Module):
         ``LN(x) W1^T + b1 = xhat (g * W1)^T + (b1 + W1 beta)``: the kernel then normalises without an affine pass.
         """
         params = [p for b in self.net.blocks for p in b.parameters()]
-        key = (tile, tuple((id(p), p.data_ptr(), p._version) for p in params))  # moved, replaced or updated
-        cache = self.__dict__.get("_native_cache")
+        key = tuple((id(p), p.data_ptr(), p._version) for p in params)  # moved, replaced or updated
+        caches = self.__dict__.setdefault("_native_cache", {})  # tile -> (key, packed): candidates and acting
+        cache = caches.get(tile)
         if cache is None or cache[0] != key:
             w1s, b1s, w2s, b2s = [], [], [], []
             for b in self.net.blocks:
@@ -368,8 +373,9 @@ class DiffusionBasePolicy(nn.Module):
                 w2s.append(native.pack(b.fc2.weight, tile))
                 b1s.append(b1)
                 b2s.append(b.fc2.bias.detach())
-            cache = (key, (w1s, th.stack(b1s).contiguous(), w2s, th.stack(b2s).contiguous()))
-            self.__dict__["_native_cache"] = cache
+            if len(caches) >= 4:  # row counts seen: the candidate chunks, their remainder, acting; drop the oldest
+                caches.pop(next(iter(caches)))
+            cache = caches[tile] = (key, (w1s, th.stack(b1s).contiguous(), w2s, th.stack(b2s).contiguous()))
         return cache[1]
 
     # Acting draws N rows per observation: its GEMMs are bound by reading the weights (6 MB per denoising step at the

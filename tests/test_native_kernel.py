@@ -1,0 +1,149 @@
+"""The native CPU denoiser (sb3_expo/kernels/denoise_cpu.c) computes the module path's chain, follows parameter
+updates, does not depend on the thread count, and falls back to PyTorch with a reason when it cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch as th
+
+from sb3_expo import kernels
+from sb3_expo.parts import DiffusionBasePolicy
+
+native = kernels.native_denoiser()
+needs_native = pytest.mark.skipif(native is None, reason=f"native denoiser unavailable: {kernels.status()}")
+
+
+def _policy(layer_norm: bool = True, clip: bool = True, hidden: int = 32, n_blocks: int = 2, steps: int = 5):
+    th.manual_seed(0)
+    base = DiffusionBasePolicy(
+        5, 3, steps, clip_sample=clip, net_kwargs=dict(hidden_dim=hidden, n_blocks=n_blocks, time_dim=8, layer_norm=layer_norm)
+    )
+    with th.no_grad():  # non-trivial LayerNorm affine and biases (the kernel folds the affine into fc1)
+        for p in base.parameters():
+            p.add_(0.2 * th.randn_like(p))
+    return base
+
+
+def _float64_reference(base: DiffusionBasePolicy, obs: th.Tensor, noise: th.Tensor) -> th.Tensor:
+    ref = type(base)(
+        5, 3, base.n_diffusion_steps, clip_sample=base.clip_sample,
+        net_kwargs=dict(
+            hidden_dim=base.net.blocks[0].fc1.in_features, n_blocks=len(base.net.blocks), time_dim=8,
+            layer_norm=isinstance(base.net.blocks[0].norm, th.nn.LayerNorm),
+        ),
+    ).double()  # fmt: skip
+    ref.load_state_dict(base.state_dict())
+    return ref.sample(obs.double(), noise=noise.double()).detach()  # autograd on: the nn.Module path
+
+
+@needs_native
+@pytest.mark.parametrize("layer_norm,clip", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("rows", [1, 8, 300])  # one row, acting-sized, and a padded last tile
+def test_native_chain_matches_the_float64_module_path(layer_norm, clip, rows, monkeypatch):
+    base = _policy(layer_norm, clip)
+    base.native_tile_rows = 64
+    obs, noise = th.randn(rows, 5), th.randn(base.n_diffusion_steps, rows, 3)
+    with th.no_grad():
+        got = base.sample(obs, noise=noise)
+    assert base.__dict__.get("_native_cache"), "the native path was not taken"
+    monkeypatch.setitem(kernels._state, "enabled", False)
+    with th.no_grad():
+        torch_chain = base.sample(obs, noise=noise)  # the PyTorch fused float32 chain
+    reference = _float64_reference(base, obs, noise)
+    th.testing.assert_close(got.double(), reference, rtol=1e-4, atol=1e-4)
+    # as accurate as the PyTorch float32 chain (unclipped chains amplify float32 rounding step after step)
+    native_error = (got.double() - reference).abs().max()
+    torch_error = (torch_chain.double() - reference).abs().max()
+    assert native_error <= 2 * torch_error + 1e-5, (native_error, torch_error)
+
+
+@needs_native
+def test_native_chain_does_not_depend_on_threads_or_neighbours():
+    """Same tile, 1 or 2 threads: bit-identical rows; a row's action does not depend on the other rows."""
+    base = _policy(hidden=64, n_blocks=3)
+    base.native_tile_rows = 32
+    obs, noise = th.randn(128, 5), th.randn(base.n_diffusion_steps, 128, 3)
+    threads = th.get_num_threads()
+    try:
+        out = {}
+        for n in (1, 2):
+            th.set_num_threads(n)
+            with th.no_grad():
+                out[n] = base.sample(obs, noise=noise)
+    finally:
+        th.set_num_threads(threads)
+    assert th.equal(out[1], out[2])
+    with th.no_grad():  # the first 32 rows alone (one full tile): the same bits
+        assert th.equal(base.sample(obs[:32], noise=noise[:, :32]), out[1][:32])
+
+
+@needs_native
+def test_native_weights_follow_in_place_updates():
+    """The packed copies are rebuilt when a parameter changes in place (optimizer step, Polyak, load_state_dict)."""
+    base = _policy()
+    obs, noise = th.randn(16, 5), th.randn(base.n_diffusion_steps, 16, 3)
+    for _ in range(3):
+        with th.no_grad():
+            got = base.sample(obs, noise=noise)
+        th.testing.assert_close(got.double(), _float64_reference(base, obs, noise), rtol=1e-5, atol=2e-5)
+        with th.no_grad():
+            for block in base.net.blocks:  # fc1, fc2 and the folded LayerNorm affine
+                block.norm.weight.mul_(1.3)
+                block.norm.bias.add_(0.1)
+                block.fc1.weight.mul_(0.9)
+                block.fc2.bias.sub_(0.05)
+
+
+def test_disabled_or_unbuildable_kernel_falls_back_with_a_reason(monkeypatch, tmp_path):
+    """No compiler: native_denoiser() is None, status() says why, and sampling still works (PyTorch chain)."""
+    monkeypatch.setattr(kernels, "_state", {"lib": None, "tried": False, "reason": "", "enabled": None})
+    monkeypatch.setenv("CC", "no-such-compiler-sb3-expo")
+    monkeypatch.setenv("SB3_EXPO_CACHE", str(tmp_path))
+    assert kernels.native_denoiser() is None
+    assert "no C compiler 'no-such-compiler-sb3-expo'" in kernels.status()
+    base = _policy()
+    obs, noise = th.randn(8, 5), th.randn(base.n_diffusion_steps, 8, 3)
+    with th.no_grad():
+        got = base.sample(obs, noise=noise)
+    th.testing.assert_close(got.double(), _float64_reference(base, obs, noise), rtol=1e-5, atol=2e-5)
+    kernels.set_enabled(False)
+    assert kernels.native_denoiser() is None
+    assert kernels.status().startswith("disabled")
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "_state", {"lib": None, "tried": False, "reason": "", "enabled": None})
+    monkeypatch.setenv("SB3_EXPO_NATIVE", "0")
+    assert kernels.native_denoiser() is None and not kernels._state["tried"]  # not even built
+
+
+@needs_native
+def test_native_chain_gives_the_same_td_targets_and_choices(monkeypatch):
+    """float32, same seed and inputs: the native chain chooses the same a* as the nn.Module chain, and its TD targets
+    agree to float32 rounding."""
+    from sb3_expo.config import OTFConfig
+    from sb3_expo.otf import draw_candidates, td_target
+    from sb3_expo.parts import EditPolicy, QEnsemble
+
+    th.manual_seed(0)
+    B, config = 96, OTFConfig(n_action_samples=4, n_edit_samples=4, edit_scale=0.3, num_min_qs=2)
+    base = _policy(hidden=32, n_blocks=2, steps=4)
+    edit = EditPolicy(5, 3, net_arch=(16, 16))
+    target = QEnsemble(5 + 3, n_critics=6, net_arch=(16, 16))
+    next_obs = th.randn(B, 5)
+    rewards, dones = th.randn(B), (th.rand(B) < 0.2).float()
+    base_noise, edit_noise = th.randn(4, B * 4, 3), th.randn(B * 4, 3)
+
+    def target_and_choice():
+        with th.no_grad():
+            cands = draw_candidates(base, edit, next_obs, next_obs, config, base_noise=base_noise, edit_noise=edit_noise)
+            th.manual_seed(1)  # same critic subsets
+            return cands, td_target(target, target, next_obs, next_obs, cands, rewards, dones, 0.99, config)
+
+    cands_native, (y_native, chosen_native) = target_and_choice()
+    assert base.__dict__.get("_native_cache"), "the native path was not taken"
+    monkeypatch.setattr(DiffusionBasePolicy, "use_fused_inference", lambda self: False)
+    cands_plain, (y_plain, chosen_plain) = target_and_choice()
+    th.testing.assert_close(cands_native, cands_plain, rtol=1e-5, atol=2e-5)
+    assert th.equal(chosen_native.index, chosen_plain.index)
+    th.testing.assert_close(y_native, y_plain, rtol=1e-5, atol=1e-5)
