@@ -73,8 +73,26 @@ def test_native_chain_does_not_depend_on_threads_or_neighbours():
     finally:
         th.set_num_threads(threads)
     assert th.equal(out[1], out[2])
-    with th.no_grad():  # the first 32 rows alone (one full tile): the same bits
-        assert th.equal(base.sample(obs[:32], noise=noise[:, :32]), out[1][:32])
+    with th.no_grad():  # the first 64 rows alone (two full tiles): the same bits
+        assert th.equal(base.sample(obs[:64], noise=noise[:, :64]), out[1][:64])
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [2, 3])
+def test_native_column_split_for_few_rows(threads):
+    """Acting-sized batches split the 4x-wide layer by columns over the threads: same actions as the module path."""
+    base = _policy(hidden=32, n_blocks=2)  # 128 hidden units: parts of 64/64 or 48/48/32 columns
+    obs, noise = th.randn(8, 5), th.randn(base.n_diffusion_steps, 8, 3)
+    previous = th.get_num_threads()
+    try:
+        th.set_num_threads(threads)
+        with th.no_grad():
+            got = base.sample(obs, noise=noise)
+    finally:
+        th.set_num_threads(previous)
+    layouts = list(base.__dict__["_native_cache"])
+    assert layouts and len(layouts[-1][1]) == threads, layouts  # the column layout was taken
+    th.testing.assert_close(got.double(), _float64_reference(base, obs, noise), rtol=1e-5, atol=2e-5)
 
 
 @needs_native
@@ -147,3 +165,19 @@ def test_native_chain_gives_the_same_td_targets_and_choices(monkeypatch):
     th.testing.assert_close(cands_native, cands_plain, rtol=1e-5, atol=2e-5)
     assert th.equal(chosen_native.index, chosen_plain.index)
     th.testing.assert_close(y_native, y_plain, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [8, 300])  # the column split and the row tiles
+def test_native_chain_saturates_silu_without_nan(rows):
+    """Pre-activations of +-1e3 and more (exp overflows in float32): SiLU gives v or 0 there, never NaN."""
+    base = _policy(clip=False)
+    with th.no_grad():
+        for block in base.net.blocks:
+            block.fc1.weight.mul_(200.0)
+    obs, noise = th.randn(rows, 5), th.randn(base.n_diffusion_steps, rows, 3)
+    with th.no_grad():
+        got = base.sample(obs, noise=noise)
+    reference = _float64_reference(base, obs, noise)
+    assert th.isfinite(got).all()
+    th.testing.assert_close(got.double(), reference, rtol=1e-3, atol=1e-3)

@@ -107,11 +107,13 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.expo_pack_size.restype = ctypes.c_size_t
     lib.expo_pack_size.argtypes = [i32, i32, i32]
     lib.expo_pack_b.restype = None
-    lib.expo_pack_b.argtypes = [i32, i32, i32, ptr, ptr]
+    lib.expo_pack_b.argtypes = [i32, i32, i32, ptr, i32, ptr]
     lib.expo_denoise_f32.restype = i32
     lib.expo_denoise_f32.argtypes = (
         [i64] * 6 + [ptr] * 4 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i64, i32, ptr]
     )
+    lib.expo_denoise_cols_f32.restype = i32
+    lib.expo_denoise_cols_f32.argtypes = [i64] * 6 + [ptr] * 5 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i32, ptr]
     return lib
 
 
@@ -122,12 +124,15 @@ class NativeDenoiser:
         self._lib = lib
 
     def pack(self, weight: th.Tensor, tile: int) -> th.Tensor:
-        """MKL-packed ``weight.T`` (``weight``: (out, in), an nn.Linear weight) for GEMMs of ``tile`` rows."""
-        weight = weight.detach().contiguous()
+        """MKL-packed ``weight.T`` for GEMMs of ``tile`` rows; ``weight``: (out, in), an nn.Linear weight or a column
+        slice of one (unit stride along ``in``)."""
+        weight = weight.detach()
+        if weight.stride(1) != 1:
+            weight = weight.contiguous()
         n, k = weight.shape
         size = self._lib.expo_pack_size(tile, n, k)
         dest = th.empty((size + 3) // 4, dtype=th.float32)
-        self._lib.expo_pack_b(tile, n, k, weight.data_ptr(), dest.data_ptr())
+        self._lib.expo_pack_b(tile, n, k, weight.data_ptr(), weight.stride(0), dest.data_ptr())
         return dest
 
     def denoise(
@@ -166,6 +171,46 @@ class NativeDenoiser:
         )  # fmt: skip
         if rc != 0:
             raise MemoryError(f"native denoiser: could not allocate its per-thread buffers (tile={tile} rows)")
+        return out
+
+    def denoise_columns(
+        self,
+        noise: th.Tensor,
+        obs_term: th.Tensor,
+        time_terms: th.Tensor,
+        w_action: th.Tensor,
+        use_ln: bool,
+        ln_eps: float,
+        part_cols: list[int],
+        packed_w1: list[th.Tensor],
+        b1: th.Tensor,
+        packed_w2: list[th.Tensor],
+        b2: th.Tensor,
+        w_out: th.Tensor,
+        step_scale: th.Tensor,
+        step_eps: th.Tensor,
+        shift: th.Tensor,
+        clip: bool,
+        hidden_dim: int,
+    ) -> th.Tensor:
+        """The few-rows variant: the 4x-wide layer split by columns over the threads (``packed_w1[j * n_blocks + b]``
+        holds part j of block b, packed for ``rows`` rows)."""
+        n_steps, rows, action_dim = noise.shape
+        out = th.empty(rows, action_dim, dtype=th.float32)
+        n_parts = len(part_cols)
+        cols = (ctypes.c_int64 * n_parts)(*part_cols)
+        w1_ptrs = (ctypes.c_void_p * len(packed_w1))(*[w.data_ptr() for w in packed_w1])
+        w2_ptrs = (ctypes.c_void_p * len(packed_w2))(*[w.data_ptr() for w in packed_w2])
+        rc = self._lib.expo_denoise_cols_f32(
+            n_steps, rows, action_dim, hidden_dim, len(packed_w1) // n_parts, n_parts, ctypes.cast(cols, ctypes.c_void_p),
+            noise.data_ptr(), obs_term.data_ptr(), time_terms.data_ptr(), w_action.data_ptr(),
+            int(use_ln), float(ln_eps),
+            ctypes.cast(w1_ptrs, ctypes.c_void_p), b1.data_ptr(), ctypes.cast(w2_ptrs, ctypes.c_void_p), b2.data_ptr(),
+            w_out.data_ptr(), step_scale.data_ptr(), step_eps.data_ptr(), shift.data_ptr(),
+            int(clip), th.get_num_threads(), out.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError(f"native denoiser: could not allocate its buffers ({rows} rows)")
         return out
 
 

@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <omp.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -93,9 +95,10 @@ static inline void bias_silu(float *restrict out, const float *restrict in, cons
 
 size_t expo_pack_size(int m, int n, int k) { return cblas_sgemm_pack_get_size(kBMatrix, m, n, k); }
 
-/* Pack B = W^T for C (m x n) = A (m x k) B, W (n, k) row-major (an nn.Linear weight). */
-void expo_pack_b(int m, int n, int k, const float *w, float *dest) {
-    cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, m, n, k, 1.0f, w, k, dest);
+/* Pack B = W^T for C (m x n) = A (m x k) B, W (n, k) row-major with row stride ld (an nn.Linear weight or a
+ * column slice of one). */
+void expo_pack_b(int m, int n, int k, const float *w, int ld, float *dest) {
+    cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, m, n, k, 1.0f, w, ld, dest);
 }
 
 /* Returns 0 on success, 2 if a thread's buffers could not be allocated. Shapes: noise (T, M, A) with noise[0] = a_T;
@@ -109,6 +112,7 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
                      int64_t tile, int n_threads, float *x_out) {
     const int64_t n_tiles = (M + tile - 1) / tile;
     int failed = 0;
+    if (n_threads < 1) n_threads = 1;
 #pragma omp parallel num_threads(n_threads)
     {
         const int one = 1, zero = 0;
@@ -204,5 +208,132 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
         free(zeros);
         mkl_set_num_threads_local(&zero);
     }
+    return failed ? 2 : 0;
+}
+
+/* Few rows (acting: N samples of one observation). A row split would leave threads idle and make every thread stream
+ * all the weights (~1 MB per GEMM, the bound at 8 rows), so here the 4x-wide layer is split by columns instead:
+ * part j holds fc1 rows [c_j, c_j + F_j) and fc2 columns [c_j, c_j + F_j) (w1[j * nb + b], w2[j * nb + b], packed for
+ * m = M), and writes its partial fc2 product to partials[j]. Every thread keeps its own copy of the residual stream
+ * and of a_t and applies the same arithmetic to them (the partials are summed in part order), so the copies stay
+ * bit-identical and the only synchronisation is two barriers per block. Returns 0, or 2 on allocation failure. */
+int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb, int64_t n_parts,
+                          const int64_t *part_cols, const float *noise, const float *obs_term,
+                          const float *time_terms, const float *w_action, int use_ln, float ln_eps,
+                          const float *const *w1, const float *b1, const float *const *w2, const float *b2,
+                          const float *w_out, const float *step_scale, const float *step_eps, const float *shift,
+                          int clip, int n_threads, float *x_out) {
+    int64_t F = 0, max_cols = 0;
+    for (int64_t j = 0; j < n_parts; ++j) {
+        F += part_cols[j];
+        max_cols = part_cols[j] > max_cols ? part_cols[j] : max_cols;
+    }
+    float *partials = alloc_aligned(sizeof(float) * n_parts * M * H);
+    if (!partials) return 2;
+    int failed = 0;
+    if (n_threads < 1) n_threads = 1;
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int one = 1, zero = 0;
+        mkl_set_num_threads_local(&one);
+        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+        float *stream = alloc_aligned(sizeof(float) * M * H);
+        float *normed = alloc_aligned(sizeof(float) * M * H);
+        float *hidden = alloc_aligned(sizeof(float) * M * max_cols);
+        float *x = alloc_aligned(sizeof(float) * M * A);
+        float *zeros = calloc((size_t)H, sizeof(float));
+        int ok = stream && normed && hidden && x && zeros;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp barrier
+        if (!failed) {
+            memcpy(x, noise, sizeof(float) * M * A);
+            for (int64_t t = T - 1; t >= 0; --t) {
+                const float *restrict tt = time_terms + t * H;
+                for (int64_t r = 0; r < M; ++r) {
+                    float *restrict s = stream + r * H;
+                    const float *restrict o = obs_term + r * H;
+                    for (int64_t h = 0; h < H; ++h) s[h] = o[h] + tt[h];
+                    for (int64_t a = 0; a < A; ++a) {
+                        const float xa = x[r * A + a];
+                        const float *restrict wa = w_action + a * H;
+                        for (int64_t h = 0; h < H; ++h) s[h] = fmaf(xa, wa[h], s[h]);
+                    }
+                }
+                for (int64_t b = 0; b < nb; ++b) {
+                    const float *gemm_in = stream;
+                    if (use_ln) {
+                        for (int64_t r = 0; r < M; ++r) {
+                            const float *restrict s = stream + r * H;
+                            float *restrict o = normed + r * H;
+                            float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mean)
+                            for (int64_t h = 0; h < H; ++h) mean += s[h];
+                            mean /= (float)H;
+#pragma omp simd reduction(+ : var)
+                            for (int64_t h = 0; h < H; ++h) {
+                                const float d = s[h] - mean;
+                                var += d * d;
+                            }
+                            const float rstd = 1.0f / sqrtf(var / (float)H + ln_eps);
+                            for (int64_t h = 0; h < H; ++h) o[h] = (s[h] - mean) * rstd;
+                        }
+                        gemm_in = normed;
+                    }
+                    int64_t c0 = 0;
+                    for (int64_t j = 0; j < n_parts; ++j) {
+                        const int64_t cols = part_cols[j];
+                        if (j % team == tid) {
+                            cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M, (int)cols, (int)H, gemm_in, (int)H,
+                                                w1[j * nb + b], (int)cols, 0.0f, hidden, (int)cols);
+                            for (int64_t r = 0; r < M; ++r) bias_silu(hidden + r * cols, hidden + r * cols, b1 + b * F + c0, cols);
+                            cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M, (int)H, (int)cols, hidden, (int)cols,
+                                                w2[j * nb + b], (int)H, 0.0f, partials + j * M * H, (int)H);
+                        }
+                        c0 += cols;
+                    }
+#pragma omp barrier
+                    const float *restrict bb2 = b2 + b * H;
+                    for (int64_t r = 0; r < M; ++r) {
+                        float *restrict s = stream + r * H;
+                        for (int64_t h = 0; h < H; ++h) {
+                            float acc = bb2[h];
+                            for (int64_t j = 0; j < n_parts; ++j) acc += partials[(j * M + r) * H + h];
+                            s[h] += acc;
+                        }
+                    }
+#pragma omp barrier
+                }
+                const float k = step_scale[t], kc = step_eps[t];
+                const float *restrict sh = shift + t * M * A;
+                for (int64_t r = 0; r < M; ++r) {
+                    float *restrict s = stream + r * H;
+                    bias_silu(s, s, zeros, H);
+                    for (int64_t a = 0; a < A; ++a) {
+                        const float *restrict wo = w_out + a * H;
+                        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                        for (int64_t h = 0; h < H; ++h) acc += s[h] * wo[h];
+                        float v = k * x[r * A + a] - kc * acc + sh[r * A + a];
+                        if (clip) {
+                            v = v < -1.0f ? -1.0f : v;
+                            v = v > 1.0f ? 1.0f : v;
+                        }
+                        x[r * A + a] = v;
+                    }
+                }
+            }
+            if (tid == 0) memcpy(x_out, x, sizeof(float) * M * A);
+        }
+        free(stream);
+        free(normed);
+        free(hidden);
+        free(x);
+        free(zeros);
+        mkl_set_num_threads_local(&zero);
+    }
+    free(partials);
     return failed ? 2 : 0;
 }

@@ -306,76 +306,86 @@ class DiffusionBasePolicy(nn.Module):
             (-(self.step_scale * self.eps_scale))[:, None, None] * self.net.out.bias, noise_scale[:, None, None], noise
         )
 
-    # The CPU float32 chain runs in the native kernel (sb3_expo/kernels/denoise_cpu.c) when it could be built: each
-    # thread takes tiles of up to ``native_tile_rows`` rows through all T steps and blocks inside its own L2 cache
-    # (TD-target candidates), and acting (N rows) is one call instead of ~10 small ops per block and step.
+    # The CPU float32 chain runs in the native kernel (sb3_expo/kernels/denoise_cpu.c) when it could be built. Many
+    # rows (TD-target candidates): each thread takes tiles of ``native_tile_rows`` rows through all T steps and blocks
+    # inside its own L2 cache. At most ``native_column_rows_max`` rows (acting: N rows) with several threads: the
+    # 4x-wide layer is split by columns over the threads instead, so that each thread streams only its share of the
+    # weights, and the whole chain is one call instead of ~10 small ops per block and step.
     native_tile_rows = 256
+    native_column_rows_max = 32
 
     def _native(self, like: th.Tensor) -> Optional[NativeDenoiser]:
         if like.device.type != "cpu" or like.dtype != th.float32 or not self.net.blocks:
             return None
         return native_denoiser()
 
-    def _native_tile(self, rows: int) -> int:
-        """Rows per tile: ``native_tile_rows``, or few enough that a small batch (acting) still uses every thread."""
-        threads = max(1, th.get_num_threads())
-        return max(1, min(self.native_tile_rows, -(-rows // threads)))
-
     def _denoise_native(
         self, native: NativeDenoiser, noise: th.Tensor, obs_term: th.Tensor, time_terms: th.Tensor
     ) -> th.Tensor:
         """:meth:`_denoise_fused` in the native kernel (same arithmetic; the LayerNorm affine folded into fc1)."""
-        net, tile = self.net, self._native_tile(noise.shape[1])
-        w1, b1, w2, b2 = self._native_block_weights(native, tile)
+        net, rows, threads = self.net, noise.shape[1], max(1, th.get_num_threads())
+        hidden_dim, expanded = net.blocks[0].fc1.in_features, net.blocks[0].fc1.out_features
         norm = net.blocks[0].norm
         use_ln = isinstance(norm, nn.LayerNorm)
-        return native.denoise(
+        inputs = (
             noise.contiguous(),
             obs_term.contiguous(),
             (time_terms + net.in_action.bias).contiguous(),
             net.in_action.weight.t().contiguous(),
             use_ln,
             norm.eps if use_ln else 0.0,
-            w1,
-            b1,
-            w2,
-            b2,
+        )
+        outputs = (
             net.out.weight.detach().contiguous(),
             self.step_scale.contiguous(),
             noise.new_tensor(self._step_eps_f),
             self._step_shift(noise).contiguous(),
             self.clip_sample,
-            tile,
-            net.blocks[0].fc1.in_features,
-            net.blocks[0].fc1.out_features,
         )
+        if threads > 1 and rows <= self.native_column_rows_max and expanded >= 16 * threads:
+            # columns split in multiples of 16 (whole AVX-512 vectors), as evenly as possible
+            chunks = expanded // 16
+            part_cols = [16 * (chunks // threads + (j < chunks % threads)) for j in range(threads)]
+            part_cols[-1] += expanded - sum(part_cols)
+            w1, b1, w2, b2 = self._native_block_weights(native, rows, part_cols)
+            return native.denoise_columns(*inputs, part_cols, w1, b1, w2, b2, *outputs, hidden_dim)
+        tile = max(1, min(self.native_tile_rows, -(-rows // threads)))  # a small batch still uses every thread
+        w1, b1, w2, b2 = self._native_block_weights(native, tile, [expanded])
+        return native.denoise(*inputs, w1, b1, w2, b2, *outputs, tile, hidden_dim, expanded)
 
     def _native_block_weights(
-        self, native: NativeDenoiser, tile: int
+        self, native: NativeDenoiser, tile: int, part_cols: list[int]
     ) -> tuple[list[th.Tensor], th.Tensor, list[th.Tensor], th.Tensor]:
-        """MKL-packed fc1/fc2 weights with the LayerNorm affine folded into fc1, re-packed only after an update.
+        """MKL-packed fc1/fc2 weights (for GEMMs of ``tile`` rows, the 4x-wide layer cut into ``part_cols`` column
+        parts, part-major), with the LayerNorm affine folded into fc1; re-packed only after a parameter changed.
 
         ``LN(x) W1^T + b1 = xhat (g * W1)^T + (b1 + W1 beta)``: the kernel then normalises without an affine pass.
         """
         params = [p for b in self.net.blocks for p in b.parameters()]
         key = tuple((id(p), p.data_ptr(), p._version) for p in params)  # moved, replaced or updated
-        caches = self.__dict__.setdefault("_native_cache", {})  # tile -> (key, packed): candidates and acting
-        cache = caches.get(tile)
+        caches = self.__dict__.setdefault("_native_cache", {})  # layout -> (key, packed): candidates and acting
+        layout = (tile, tuple(part_cols))
+        cache = caches.get(layout)
         if cache is None or cache[0] != key:
-            w1s, b1s, w2s, b2s = [], [], [], []
+            folded, b1s, b2s = [], [], []
             for b in self.net.blocks:
                 w1, b1 = b.fc1.weight.detach(), b.fc1.bias.detach()
                 if isinstance(b.norm, nn.LayerNorm):
                     g, beta = b.norm.weight.detach().double(), b.norm.bias.detach().double()
                     b1 = (b1.double() + w1.double() @ beta).float()
                     w1 = (w1.double() * g).float()
-                w1s.append(native.pack(w1, tile))
-                w2s.append(native.pack(b.fc2.weight, tile))
+                folded.append((w1, b.fc2.weight.detach()))
                 b1s.append(b1)
                 b2s.append(b.fc2.bias.detach())
-            if len(caches) >= 4:  # row counts seen: the candidate chunks, their remainder, acting; drop the oldest
+            w1s, w2s, c0 = [], [], 0
+            for cols in part_cols:
+                for w1, w2 in folded:  # fc1 rows and fc2 columns of this part
+                    w1s.append(native.pack(w1[c0 : c0 + cols], tile))
+                    w2s.append(native.pack(w2[:, c0 : c0 + cols], tile))
+                c0 += cols
+            if len(caches) >= 4:  # layouts seen: the candidate chunks, their remainder, acting; drop the oldest
                 caches.pop(next(iter(caches)))
-            cache = caches[tile] = (key, (w1s, th.stack(b1s).contiguous(), w2s, th.stack(b2s).contiguous()))
+            cache = caches[layout] = (key, (w1s, th.stack(b1s).contiguous(), w2s, th.stack(b2s).contiguous()))
         return cache[1]
 
     # Acting draws N rows per observation: its GEMMs are bound by reading the weights (6 MB per denoising step at the
