@@ -33,7 +33,7 @@ import numpy as np
 import torch as th
 from torch.utils.flop_counter import FlopCounterMode
 
-from sb3_expo import EXPO, get_preset
+from sb3_expo import EXPO, get_preset, kernels
 
 ENV_ID = "Hopper-v5"  # 11-dim observations, 3-dim actions (robomimic Lift: 19 / 7)
 
@@ -174,6 +174,14 @@ def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
         chunk_before = model.candidate_chunk_rows
         model.candidate_chunk_rows = None  # the default: 2048-row chunks on the CPU
         out["candidates_default_chunks_s"] = statistics.median(timed(lambda: model._next_candidates(data.next_observations), repeats, device))
+        # native kernel (the default when it builds) vs the PyTorch fused chain, same chunks
+        kernels.set_enabled(False)
+        try:
+            out["candidates_torch_fused_s"] = statistics.median(
+                timed(lambda: model._next_candidates(data.next_observations), repeats, device)
+            )
+        finally:
+            kernels.set_enabled(None)
         # fused in-place denoising chain (default without autograd) vs the nn.Module chain, same chunks
         fused = DiffusionBasePolicy.use_fused_inference
         DiffusionBasePolicy.use_fused_inference = lambda self: False  # type: ignore[method-assign]
@@ -245,6 +253,13 @@ def acting_latency(model: EXPO, repeats: int) -> dict[str, float]:
         key = "deterministic" if deterministic else "stochastic"
         out[f"{key}_p50_ms"] = 1e3 * float(np.percentile(times, 50))
         out[f"{key}_p95_ms"] = 1e3 * float(np.percentile(times, 95))
+    if kernels.native_denoiser() is not None:  # side by side: the PyTorch chain (MKL-packed weights, ~10 ops a step)
+        kernels.set_enabled(False)
+        try:
+            times = timed(lambda: model.predict(obs, deterministic=False), repeats, model.device, warmup=5)
+        finally:
+            kernels.set_enabled(None)
+        out["stochastic_torch_chain_p50_ms"] = 1e3 * float(np.percentile(times, 50))
     return out
 
 
@@ -283,7 +298,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
         f"device={device} ({name}) | torch {th.__version__} | threads={th.get_num_threads()} | compile={args.compile} "
-        f"| cores={os.cpu_count()} | load average at start={load:.2f} | clock={args.clock}"
+        f"| cores={os.cpu_count()} | load average at start={load:.2f} | clock={args.clock}\n"
+        f"native denoiser: {kernels.status()}"
     )
     builtins.print(header, flush=True)
     results: dict[str, Any] = {"header": header}
@@ -359,8 +375,9 @@ def main() -> None:
         print(f"  [{preset}] TD candidates: per minibatch {abl['candidates_per_minibatch_s']:.3f} | one call "
               f"{abl['candidates_one_call_s']:.3f} | default chunks {abl['candidates_default_chunks_s']:.3f}")
         print(f"  [{preset}] TD candidates, default chunks: nn.Module chain {abl['candidates_module_chain_s']:.3f} | "
-              f"fused in-place chain {abl['candidates_default_chunks_s']:.3f} | bf16 autocast (opt-in) "
-              f"{abl['candidates_bf16_autocast_s']:.3f}")
+              f"PyTorch fused in-place chain {abl['candidates_torch_fused_s']:.3f} | default "
+              f"({'native kernel' if kernels.native_denoiser() else 'PyTorch fused chain'}) "
+              f"{abl['candidates_default_chunks_s']:.3f} | bf16 autocast (opt-in) {abl['candidates_bf16_autocast_s']:.3f}")
         print(f"  [{preset}] OTF argmax scoring, one minibatch: batched members {abl['select_batched_s'] * 1e3:.2f} ms | "
               f"member loop {abl['select_member_loop_s'] * 1e3:.2f} ms")
         print(f"  [{preset}] Q ensemble fwd+bwd (batch {models[preset].batch_size}): loop over critics "

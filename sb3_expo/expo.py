@@ -24,6 +24,7 @@ from stable_baselines3.common.utils import configure_logger
 from torch.profiler import record_function
 
 from sb3_expo.config import DiffusionConfig, OTFConfig
+from sb3_expo.kernels import native_denoiser
 from sb3_expo.otf import draw_candidates, td_target
 from sb3_expo.policies import EXPOPolicy, MlpPolicy, MultiInputPolicy
 from sb3_expo.wrappers.device_buffers import DeviceReplayBuffer
@@ -87,11 +88,14 @@ class EXPO(OffPolicyAlgorithm):
     :param replay_buffer_kwargs: its kwargs (e.g. ``dict(dataset_id=..., offline_fraction=0.5)``).
     :param optimize_memory_usage: SB3's memory-efficient replay buffer.
     :param compile: ``torch.compile`` the update's forward computations and the acting path (opt-in; fixed shapes,
-        CUDA graphs on CUDA). The first calls pay the compilation (tens of seconds on a CPU).
+        CUDA graphs on CUDA). The first calls pay the compilation (tens of seconds on a CPU). On the CPU the diffusion
+        sampling (TD-target candidates, acting) stays on the native denoiser when it is in use (it is faster than
+        inductor's code; ``SB3_EXPO_NATIVE=0`` compiles it too).
     :param mixed_precision: bf16 autocast for the diffusion network (sampling and denoising loss). Meant for CUDA;
         off by default. Critic, edit policy and temperature stay in float32.
-    :param candidate_chunk_rows: diffusion rows per call when drawing the TD-target candidates (``None``: 2048 on the
-        CPU, where cache-sized chunks are faster, all at once on CUDA; ``0``: all at once). Same distribution.
+    :param candidate_chunk_rows: diffusion rows per call when drawing the TD-target candidates (``None``: all at once
+        on CUDA and with the CPU's native denoiser, 2048 on the CPU's PyTorch chains, where cache-sized chunks are
+        faster; ``0``: all at once). Same distribution.
     :param policy_kwargs: network sizes and optimiser options (see :class:`EXPOPolicy`).
     :param stats_window_size: episodes averaged for the rollout logs.
     :param tensorboard_log: TensorBoard log folder.
@@ -268,8 +272,16 @@ class EXPO(OffPolicyAlgorithm):
             # Random ops use the eager generator: compiled and eager runs draw the same numbers for the same seed.
             inductor_config.fallback_random = True
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-            self._fns = {name: th.compile(fn, mode=mode, dynamic=False) for name, fn in self._fns.items()}
-            self.policy._act_fn = th.compile(self.policy.otf_act, mode=mode, dynamic=False)
+            # On the CPU the diffusion sampling (TD-target candidates, acting) stays eager when the native denoiser is
+            # in use: it beats inductor's code for the chain (docs/performance.md). SB3_EXPO_NATIVE=0 compiles it too.
+            eager = set()
+            if self.device.type == "cpu" and native_denoiser() is not None:
+                eager = {"next_candidates", "act"}
+            self._fns = {
+                name: fn if name in eager else th.compile(fn, mode=mode, dynamic=False) for name, fn in self._fns.items()
+            }
+            if "act" not in eager:
+                self.policy._act_fn = th.compile(self.policy.otf_act, mode=mode, dynamic=False)
 
     def _create_aliases(self) -> None:
         self.base_policy = self.policy.base_policy
@@ -330,8 +342,9 @@ class EXPO(OffPolicyAlgorithm):
     def _next_candidates(self, next_obs: Any) -> th.Tensor:
         """OTF candidates (N base samples from the ONLINE base + their edits) for every next state, (M, K, d).
 
-        On the CPU the states are processed in chunks of ``candidate_chunk_rows`` diffusion rows so that the
-        (rows x 4*hidden) activations stay in cache; on CUDA one call takes them all.
+        On the CPU without the native denoiser the states are processed in chunks of ``candidate_chunk_rows``
+        diffusion rows so that the (rows x 4*hidden) activations stay in cache; the native denoiser (which tiles the
+        rows itself) and CUDA take them all in one call.
         """
         policy = self.policy
         with th.no_grad():
@@ -340,8 +353,9 @@ class EXPO(OffPolicyAlgorithm):
             edit_features = policy.edit_policy.features_extractor(x)
             n_states = base_features.shape[0]
             chunk = self.candidate_chunk_rows
-            if chunk is None:
-                chunk = 2048 if self.device.type == "cpu" else 0
+            if chunk is None:  # CPU: cache-sized chunks for the PyTorch chains; the native kernel tiles on its own
+                native = native_denoiser() is not None and not self.mixed_precision
+                chunk = 2048 if self.device.type == "cpu" and not native else 0
             per_chunk = max(1, chunk // self.otf_config.n_action_samples) if chunk else n_states
             with self._autocast():
                 candidates = th.cat(

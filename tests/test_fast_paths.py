@@ -174,9 +174,21 @@ def test_member_loop_matches_the_batched_ensemble():
 # ------------------------------------------------------------------------------------------- torch.compile
 @pytest.fixture(scope="module")
 def compiled_model():
-    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, compile=True, **get_preset("tiny", learning_starts=20))
-    model.learn(40)  # warm-up: every graph compiled once
+    kernels.set_enabled(False)  # everything compiled, the diffusion sampling included (see the next test)
+    try:
+        model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, compile=True, **get_preset("tiny", learning_starts=20))
+        model.learn(40)  # warm-up: every graph compiled once
+    finally:
+        kernels.set_enabled(None)
     return model
+
+
+@pytest.mark.skipif(kernels.native_denoiser() is None, reason="native denoiser unavailable")
+def test_compile_keeps_native_diffusion_sampling_eager_on_the_cpu():
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, compile=True, device="cpu", **get_preset("tiny"))
+    assert model._fns["next_candidates"] == model._next_candidates  # eager: the native kernel
+    assert model.policy._act_fn is None
+    assert model._fns["critic_loss"] != model._critic_loss  # compiled
 
 
 def test_compile_does_not_recompile_after_warmup(compiled_model):
