@@ -266,6 +266,10 @@ class EXPO(OffPolicyAlgorithm):
             edit_loss=self._edit_loss,
         )
         self.policy._act_fn = None
+        # CPU: cache-sized chunks of candidates for the PyTorch chains; the native denoiser tiles the rows on its own.
+        # Decided here, once: a compiled function must not see it change.
+        native = self.device.type == "cpu" and native_denoiser() is not None and not self.mixed_precision
+        self._default_candidate_chunk = 2048 if self.device.type == "cpu" and not native else 0
         if self.compile:
             import torch._inductor.config as inductor_config
 
@@ -274,9 +278,7 @@ class EXPO(OffPolicyAlgorithm):
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             # On the CPU the diffusion sampling (TD-target candidates, acting) stays eager when the native denoiser is
             # in use: it beats inductor's code for the chain (docs/performance.md). SB3_EXPO_NATIVE=0 compiles it too.
-            eager = set()
-            if self.device.type == "cpu" and native_denoiser() is not None:
-                eager = {"next_candidates", "act"}
+            eager = {"next_candidates", "act"} if native else set()
             self._fns = {
                 name: fn if name in eager else th.compile(fn, mode=mode, dynamic=False) for name, fn in self._fns.items()
             }
@@ -353,9 +355,8 @@ class EXPO(OffPolicyAlgorithm):
             edit_features = policy.edit_policy.features_extractor(x)
             n_states = base_features.shape[0]
             chunk = self.candidate_chunk_rows
-            if chunk is None:  # CPU: cache-sized chunks for the PyTorch chains; the native kernel tiles on its own
-                native = native_denoiser() is not None and not self.mixed_precision
-                chunk = 2048 if self.device.type == "cpu" and not native else 0
+            if chunk is None:
+                chunk = self._default_candidate_chunk
             per_chunk = max(1, chunk // self.otf_config.n_action_samples) if chunk else n_states
             with self._autocast():
                 candidates = th.cat(
