@@ -5,7 +5,7 @@ and loaded with :mod:`ctypes`; it links against the torch build's own MKL (``cbl
 ``cblas_sgemm_compute``, exported by ``libtorch_cpu``) and its bundled OpenMP runtime, so it shares torch's thread
 pool. Nothing here is required: when the build or the self-check fails (no C compiler, a torch without MKL, a
 non-x86 machine), :func:`native_denoiser` returns ``None``, :func:`status` says why, and sb3-expo keeps the
-pure-PyTorch fused chain (same arithmetic, ~15-25% slower on the TD-target candidates).
+pure-PyTorch fused chain (same arithmetic, 12-27% slower on the TD-target candidates in our runs).
 
 Environment:
 
@@ -25,11 +25,11 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch as th
 
-__all__ = ["native_denoiser", "set_enabled", "status", "NativeDenoiser"]
+__all__ = ["native_denoiser", "set_enabled", "status", "NativeDenoiser", "Chain"]
 
 _SOURCE = Path(__file__).with_name("denoise_cpu.c")
 _lock = threading.Lock()
@@ -117,6 +117,47 @@ def _load(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def _pointers(*tensors: th.Tensor) -> list[int]:
+    return [t.data_ptr() for t in tensors]
+
+
+def _pointer_array(tensors: list[th.Tensor]) -> ctypes.c_void_p:
+    """A C array of the tensors' data pointers (the tensors must outlive the call)."""
+    return ctypes.cast((ctypes.c_void_p * max(len(tensors), 1))(*_pointers(*tensors)), ctypes.c_void_p)
+
+
+class Chain(NamedTuple):
+    """What both kernels take besides the packed block weights (contiguous float32 CPU tensors).
+
+    Shapes: ``noise`` (T, M, A), ``noise[0]`` = a_T; ``obs_term`` (M, H); ``time_terms`` (T, H), the first Dense's bias
+    included; ``w_action`` (A, H); ``b1`` (blocks, 4H) with the LayerNorm shift folded in; ``b2`` (blocks, H);
+    ``w_out`` (A, H), the output Dense's weight; ``step_scale`` = k_t and ``step_eps`` = k_t c_t, (T,); ``shift``
+    (T, M, A) = sigma_t z_t - k_t c_t bo.
+    """
+
+    noise: th.Tensor
+    obs_term: th.Tensor
+    time_terms: th.Tensor
+    w_action: th.Tensor
+    use_ln: bool
+    ln_eps: float
+    b1: th.Tensor
+    b2: th.Tensor
+    w_out: th.Tensor
+    step_scale: th.Tensor
+    step_eps: th.Tensor
+    shift: th.Tensor
+    clip: bool
+
+    def c_args(self, packed_w1: list[th.Tensor], packed_w2: list[th.Tensor]) -> list:
+        """The C arguments from ``noise`` to ``clip``, in the kernels' order."""
+        return [
+            *_pointers(self.noise, self.obs_term, self.time_terms, self.w_action), int(self.use_ln), float(self.ln_eps),
+            _pointer_array(packed_w1), self.b1.data_ptr(), _pointer_array(packed_w2), self.b2.data_ptr(),
+            *_pointers(self.w_out, self.step_scale, self.step_eps, self.shift), int(self.clip),
+        ]  # fmt: skip
+
+
 class NativeDenoiser:
     """Thin typed wrapper over the shared library (all tensors: contiguous float32 on the CPU)."""
 
@@ -135,79 +176,32 @@ class NativeDenoiser:
         self._lib.expo_pack_b(tile, n, k, weight.data_ptr(), weight.stride(0), dest.data_ptr())
         return dest
 
-    def denoise(
-        self,
-        noise: th.Tensor,
-        obs_term: th.Tensor,
-        time_terms: th.Tensor,
-        w_action: th.Tensor,
-        use_ln: bool,
-        ln_eps: float,
-        packed_w1: list[th.Tensor],
-        b1: th.Tensor,
-        packed_w2: list[th.Tensor],
-        b2: th.Tensor,
-        w_out: th.Tensor,
-        step_scale: th.Tensor,
-        step_eps: th.Tensor,
-        shift: th.Tensor,
-        clip: bool,
-        tile: int,
-        hidden_dim: int,
-        expanded_dim: int,
-    ) -> th.Tensor:
-        n_steps, rows, action_dim = noise.shape
+    def denoise(self, chain: Chain, packed_w1: list[th.Tensor], packed_w2: list[th.Tensor], tile: int) -> th.Tensor:
+        """Row tiles: each thread takes ``tile`` rows through the whole chain (weights packed for ``tile`` rows)."""
+        n_steps, rows, action_dim = chain.noise.shape
+        hidden_dim, expanded_dim = chain.obs_term.shape[1], chain.b1.shape[1]
         out = th.empty(rows, action_dim, dtype=th.float32)
-        n_blocks = len(packed_w1)
-        w1_ptrs = (ctypes.c_void_p * max(n_blocks, 1))(*[w.data_ptr() for w in packed_w1])
-        w2_ptrs = (ctypes.c_void_p * max(n_blocks, 1))(*[w.data_ptr() for w in packed_w2])
         rc = self._lib.expo_denoise_f32(
-            n_steps, rows, action_dim, hidden_dim, expanded_dim, n_blocks,
-            noise.data_ptr(), obs_term.data_ptr(), time_terms.data_ptr(), w_action.data_ptr(),
-            int(use_ln), float(ln_eps),
-            ctypes.cast(w1_ptrs, ctypes.c_void_p), b1.data_ptr(), ctypes.cast(w2_ptrs, ctypes.c_void_p), b2.data_ptr(),
-            w_out.data_ptr(), step_scale.data_ptr(), step_eps.data_ptr(), shift.data_ptr(),
-            int(clip), tile, th.get_num_threads(), out.data_ptr(),
+            n_steps, rows, action_dim, hidden_dim, expanded_dim, len(packed_w1),
+            *chain.c_args(packed_w1, packed_w2), tile, th.get_num_threads(), out.data_ptr(),
         )  # fmt: skip
         if rc != 0:
             raise MemoryError(f"native denoiser: could not allocate its per-thread buffers (tile={tile} rows)")
         return out
 
     def denoise_columns(
-        self,
-        noise: th.Tensor,
-        obs_term: th.Tensor,
-        time_terms: th.Tensor,
-        w_action: th.Tensor,
-        use_ln: bool,
-        ln_eps: float,
-        part_cols: list[int],
-        packed_w1: list[th.Tensor],
-        b1: th.Tensor,
-        packed_w2: list[th.Tensor],
-        b2: th.Tensor,
-        w_out: th.Tensor,
-        step_scale: th.Tensor,
-        step_eps: th.Tensor,
-        shift: th.Tensor,
-        clip: bool,
-        hidden_dim: int,
+        self, chain: Chain, packed_w1: list[th.Tensor], packed_w2: list[th.Tensor], part_cols: list[int]
     ) -> th.Tensor:
         """The few-rows variant: the 4x-wide layer split by columns over the threads (``packed_w1[j * n_blocks + b]``
         holds part j of block b, packed for ``rows`` rows)."""
-        n_steps, rows, action_dim = noise.shape
+        n_steps, rows, action_dim = chain.noise.shape
         out = th.empty(rows, action_dim, dtype=th.float32)
         n_parts = len(part_cols)
         cols = (ctypes.c_int64 * n_parts)(*part_cols)
-        w1_ptrs = (ctypes.c_void_p * len(packed_w1))(*[w.data_ptr() for w in packed_w1])
-        w2_ptrs = (ctypes.c_void_p * len(packed_w2))(*[w.data_ptr() for w in packed_w2])
         rc = self._lib.expo_denoise_cols_f32(
-            n_steps, rows, action_dim, hidden_dim, len(packed_w1) // n_parts, n_parts, ctypes.cast(cols, ctypes.c_void_p),
-            noise.data_ptr(), obs_term.data_ptr(), time_terms.data_ptr(), w_action.data_ptr(),
-            int(use_ln), float(ln_eps),
-            ctypes.cast(w1_ptrs, ctypes.c_void_p), b1.data_ptr(), ctypes.cast(w2_ptrs, ctypes.c_void_p), b2.data_ptr(),
-            w_out.data_ptr(), step_scale.data_ptr(), step_eps.data_ptr(), shift.data_ptr(),
-            int(clip), th.get_num_threads(), out.data_ptr(),
+            n_steps, rows, action_dim, chain.obs_term.shape[1], len(packed_w1) // n_parts, n_parts,
+            ctypes.cast(cols, ctypes.c_void_p), *chain.c_args(packed_w1, packed_w2), th.get_num_threads(),
+            out.data_ptr(),
         )  # fmt: skip
         if rc != 0:
             raise MemoryError(f"native denoiser: could not allocate its buffers ({rows} rows)")

@@ -93,6 +93,62 @@ static inline void bias_silu(float *restrict out, const float *restrict in, cons
     for (; i < n; ++i) out[i] = silu_f(in[i] + bias[i]);
 }
 
+/* First Dense of `rows` rows: s = obs_term + time_term_t + a_t Wa (the bias is in time_term_t). */
+static void first_dense(float *stream, const float *obs_term, const float *tt, const float *x, const float *w_action,
+                        int64_t rows, int64_t A, int64_t H) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float *restrict s = stream + r * H;
+        const float *restrict o = obs_term + r * H;
+        for (int64_t h = 0; h < H; ++h) s[h] = o[h] + tt[h];
+        for (int64_t a = 0; a < A; ++a) {
+            const float xa = x[r * A + a];
+            const float *restrict wa = w_action + a * H;
+            for (int64_t h = 0; h < H; ++h) s[h] = fmaf(xa, wa[h], s[h]);
+        }
+    }
+}
+
+/* normed = (s - mean) / sqrt(var + eps) row by row; the LayerNorm affine is folded into W1, b1 by the caller. */
+static void layer_norm(float *normed, const float *stream, int64_t rows, int64_t H, float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *restrict s = stream + r * H;
+        float *restrict o = normed + r * H;
+        float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mean)
+        for (int64_t h = 0; h < H; ++h) mean += s[h];
+        mean /= (float)H;
+#pragma omp simd reduction(+ : var)
+        for (int64_t h = 0; h < H; ++h) {
+            const float d = s[h] - mean;
+            var += d * d;
+        }
+        const float rstd = 1.0f / sqrtf(var / (float)H + eps);
+        for (int64_t h = 0; h < H; ++h) o[h] = (s[h] - mean) * rstd;
+    }
+}
+
+/* The output Dense folded into the ancestral step, clipped: a_{t-1} = k_t a_t - k_t c_t (silu(s) Wo) + shift_t.
+ * Overwrites the stream with silu(s). */
+static void ancestral_step(float *x, float *stream, const float *w_out, const float *shift, const float *zeros,
+                           float k, float kc, int clip, int64_t rows, int64_t A, int64_t H) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float *restrict s = stream + r * H;
+        bias_silu(s, s, zeros, H);
+        for (int64_t a = 0; a < A; ++a) {
+            const float *restrict wo = w_out + a * H;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t h = 0; h < H; ++h) acc += s[h] * wo[h];
+            float v = k * x[r * A + a] - kc * acc + shift[r * A + a];
+            if (clip) {
+                v = v < -1.0f ? -1.0f : v;
+                v = v > 1.0f ? 1.0f : v;
+            }
+            x[r * A + a] = v;
+        }
+    }
+}
+
 size_t expo_pack_size(int m, int n, int k) { return cblas_sgemm_pack_get_size(kBMatrix, m, n, k); }
 
 /* Pack B = W^T for C (m x n) = A (m x k) B, W (n, k) row-major with row stride ld (an nn.Linear weight or a
@@ -135,36 +191,11 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
                 const int64_t r0 = ti * tile, rows = M - r0 < tile ? M - r0 : tile;
                 memcpy(x, noise + r0 * A, sizeof(float) * rows * A);
                 for (int64_t t = T - 1; t >= 0; --t) {
-                    const float *restrict tt = time_terms + t * H;
-                    /* first Dense: s = obs_term + time_term_t + a_t Wa */
-                    for (int64_t r = 0; r < rows; ++r) {
-                        float *restrict s = stream + r * H;
-                        const float *restrict o = obs_term + (r0 + r) * H;
-                        for (int64_t h = 0; h < H; ++h) s[h] = o[h] + tt[h];
-                        for (int64_t a = 0; a < A; ++a) {
-                            const float xa = x[r * A + a];
-                            const float *restrict wa = w_action + a * H;
-                            for (int64_t h = 0; h < H; ++h) s[h] = fmaf(xa, wa[h], s[h]);
-                        }
-                    }
+                    first_dense(stream, obs_term + r0 * H, time_terms + t * H, x, w_action, rows, A, H);
                     for (int64_t b = 0; b < nb; ++b) {
                         const float *gemm_in = stream;
-                        if (use_ln) { /* (s - mean) / sqrt(var + eps); the affine is folded into W1, b1 */
-                            for (int64_t r = 0; r < rows; ++r) {
-                                const float *restrict s = stream + r * H;
-                                float *restrict o = normed + r * H;
-                                float mean = 0.0f, var = 0.0f;
-#pragma omp simd reduction(+ : mean)
-                                for (int64_t h = 0; h < H; ++h) mean += s[h];
-                                mean /= (float)H;
-#pragma omp simd reduction(+ : var)
-                                for (int64_t h = 0; h < H; ++h) {
-                                    const float d = s[h] - mean;
-                                    var += d * d;
-                                }
-                                const float rstd = 1.0f / sqrtf(var / (float)H + ln_eps);
-                                for (int64_t h = 0; h < H; ++h) o[h] = (s[h] - mean) * rstd;
-                            }
+                        if (use_ln) {
+                            layer_norm(normed, stream, rows, H, ln_eps);
                             gemm_in = normed;
                         }
                         cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)tile, (int)F, (int)H, gemm_in, (int)H,
@@ -178,25 +209,8 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
                         cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)tile, (int)H, (int)F, hidden, (int)F,
                                             w2[b], (int)H, 1.0f, stream, (int)H);
                     }
-                    /* a_{t-1} = k_t a_t - k_t c_t (silu(s) Wo) + shift_t, clipped */
-                    const float k = step_scale[t], kc = step_eps[t];
-                    const float *restrict sh = shift + (t * M + r0) * A;
-                    for (int64_t r = 0; r < rows; ++r) {
-                        float *restrict s = stream + r * H;
-                        bias_silu(s, s, zeros, H);
-                        for (int64_t a = 0; a < A; ++a) {
-                            const float *restrict wo = w_out + a * H;
-                            float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-                            for (int64_t h = 0; h < H; ++h) acc += s[h] * wo[h];
-                            float v = k * x[r * A + a] - kc * acc + sh[r * A + a];
-                            if (clip) {
-                                v = v < -1.0f ? -1.0f : v;
-                                v = v > 1.0f ? 1.0f : v;
-                            }
-                            x[r * A + a] = v;
-                        }
-                    }
+                    ancestral_step(x, stream, w_out, shift + (t * M + r0) * A, zeros, step_scale[t], step_eps[t], clip,
+                                   rows, A, H);
                 }
                 memcpy(x_out + r0 * A, x, sizeof(float) * rows * A);
             }
@@ -251,35 +265,11 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
         if (!failed) {
             memcpy(x, noise, sizeof(float) * M * A);
             for (int64_t t = T - 1; t >= 0; --t) {
-                const float *restrict tt = time_terms + t * H;
-                for (int64_t r = 0; r < M; ++r) {
-                    float *restrict s = stream + r * H;
-                    const float *restrict o = obs_term + r * H;
-                    for (int64_t h = 0; h < H; ++h) s[h] = o[h] + tt[h];
-                    for (int64_t a = 0; a < A; ++a) {
-                        const float xa = x[r * A + a];
-                        const float *restrict wa = w_action + a * H;
-                        for (int64_t h = 0; h < H; ++h) s[h] = fmaf(xa, wa[h], s[h]);
-                    }
-                }
+                first_dense(stream, obs_term, time_terms + t * H, x, w_action, M, A, H);
                 for (int64_t b = 0; b < nb; ++b) {
                     const float *gemm_in = stream;
                     if (use_ln) {
-                        for (int64_t r = 0; r < M; ++r) {
-                            const float *restrict s = stream + r * H;
-                            float *restrict o = normed + r * H;
-                            float mean = 0.0f, var = 0.0f;
-#pragma omp simd reduction(+ : mean)
-                            for (int64_t h = 0; h < H; ++h) mean += s[h];
-                            mean /= (float)H;
-#pragma omp simd reduction(+ : var)
-                            for (int64_t h = 0; h < H; ++h) {
-                                const float d = s[h] - mean;
-                                var += d * d;
-                            }
-                            const float rstd = 1.0f / sqrtf(var / (float)H + ln_eps);
-                            for (int64_t h = 0; h < H; ++h) o[h] = (s[h] - mean) * rstd;
-                        }
+                        layer_norm(normed, stream, M, H, ln_eps);
                         gemm_in = normed;
                     }
                     int64_t c0 = 0;
@@ -288,7 +278,8 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
                         if (j % team == tid) {
                             cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M, (int)cols, (int)H, gemm_in, (int)H,
                                                 w1[j * nb + b], (int)cols, 0.0f, hidden, (int)cols);
-                            for (int64_t r = 0; r < M; ++r) bias_silu(hidden + r * cols, hidden + r * cols, b1 + b * F + c0, cols);
+                            for (int64_t r = 0; r < M; ++r)
+                                bias_silu(hidden + r * cols, hidden + r * cols, b1 + b * F + c0, cols);
                             cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M, (int)H, (int)cols, hidden, (int)cols,
                                                 w2[j * nb + b], (int)H, 0.0f, partials + j * M * H, (int)H);
                         }
@@ -306,24 +297,7 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
                     }
 #pragma omp barrier
                 }
-                const float k = step_scale[t], kc = step_eps[t];
-                const float *restrict sh = shift + t * M * A;
-                for (int64_t r = 0; r < M; ++r) {
-                    float *restrict s = stream + r * H;
-                    bias_silu(s, s, zeros, H);
-                    for (int64_t a = 0; a < A; ++a) {
-                        const float *restrict wo = w_out + a * H;
-                        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-                        for (int64_t h = 0; h < H; ++h) acc += s[h] * wo[h];
-                        float v = k * x[r * A + a] - kc * acc + sh[r * A + a];
-                        if (clip) {
-                            v = v < -1.0f ? -1.0f : v;
-                            v = v > 1.0f ? 1.0f : v;
-                        }
-                        x[r * A + a] = v;
-                    }
-                }
+                ancestral_step(x, stream, w_out, shift + t * M * A, zeros, step_scale[t], step_eps[t], clip, M, A, H);
             }
             if (tid == 0) memcpy(x_out, x, sizeof(float) * M * A);
         }

@@ -13,7 +13,7 @@ import torch as th
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_expo.kernels import NativeDenoiser, native_denoiser
+from sb3_expo.kernels import Chain, NativeDenoiser, native_denoiser
 
 
 def vp_beta_schedule(n_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> th.Tensor:
@@ -324,34 +324,39 @@ class DiffusionBasePolicy(nn.Module):
     ) -> th.Tensor:
         """:meth:`_denoise_fused` in the native kernel (same arithmetic; the LayerNorm affine folded into fc1)."""
         net, rows, threads = self.net, noise.shape[1], max(1, th.get_num_threads())
-        hidden_dim, expanded = net.blocks[0].fc1.in_features, net.blocks[0].fc1.out_features
-        norm = net.blocks[0].norm
-        use_ln = isinstance(norm, nn.LayerNorm)
-        inputs = (
-            noise.contiguous(),
-            obs_term.contiguous(),
-            (time_terms + net.in_action.bias).contiguous(),
-            net.in_action.weight.t().contiguous(),
-            use_ln,
-            norm.eps if use_ln else 0.0,
-        )
-        outputs = (
-            net.out.weight.detach().contiguous(),
-            self.step_scale.contiguous(),
-            noise.new_tensor(self._step_eps_f),
-            self._step_shift(noise).contiguous(),
-            self.clip_sample,
-        )
+        expanded = net.blocks[0].fc1.out_features
         if threads > 1 and rows <= self.native_column_rows_max and expanded >= 16 * threads:
             # columns split in multiples of 16 (whole AVX-512 vectors), as evenly as possible
             chunks = expanded // 16
             part_cols = [16 * (chunks // threads + (j < chunks % threads)) for j in range(threads)]
             part_cols[-1] += expanded - sum(part_cols)
             w1, b1, w2, b2 = self._native_block_weights(native, rows, part_cols)
-            return native.denoise_columns(*inputs, part_cols, w1, b1, w2, b2, *outputs, hidden_dim)
+            return native.denoise_columns(self._native_chain(noise, obs_term, time_terms, b1, b2), w1, w2, part_cols)
         tile = max(1, min(self.native_tile_rows, -(-rows // threads)))  # a small batch still uses every thread
         w1, b1, w2, b2 = self._native_block_weights(native, tile, [expanded])
-        return native.denoise(*inputs, w1, b1, w2, b2, *outputs, tile, hidden_dim, expanded)
+        return native.denoise(self._native_chain(noise, obs_term, time_terms, b1, b2), w1, w2, tile)
+
+    def _native_chain(
+        self, noise: th.Tensor, obs_term: th.Tensor, time_terms: th.Tensor, b1: th.Tensor, b2: th.Tensor
+    ) -> Chain:
+        net = self.net
+        norm = net.blocks[0].norm
+        use_ln = isinstance(norm, nn.LayerNorm)
+        return Chain(
+            noise=noise.contiguous(),
+            obs_term=obs_term.contiguous(),
+            time_terms=(time_terms + net.in_action.bias).contiguous(),
+            w_action=net.in_action.weight.t().contiguous(),
+            use_ln=use_ln,
+            ln_eps=norm.eps if use_ln else 0.0,
+            b1=b1,
+            b2=b2,
+            w_out=net.out.weight.detach().contiguous(),
+            step_scale=self.step_scale.contiguous(),
+            step_eps=noise.new_tensor(self._step_eps_f),
+            shift=self._step_shift(noise).contiguous(),
+            clip=self.clip_sample,
+        )
 
     def _native_block_weights(
         self, native: NativeDenoiser, tile: int, part_cols: list[int]
