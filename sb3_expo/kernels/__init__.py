@@ -72,6 +72,16 @@ def _build_command(out: Path) -> list[str]:
     return cmd
 
 
+def _cpu_identity() -> str:
+    """The CPU model and instruction-set flags (Linux), which ``-march=native`` compiles for."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("SB3_EXPO_CACHE", Path.home() / ".cache" / "sb3_expo" / "kernels"))
 
@@ -86,7 +96,10 @@ def _build() -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH (install gcc, or set CC)")
     key = hashlib.sha256(
-        _SOURCE.read_bytes() + " ".join(_build_command(Path("x"))).encode() + th.__version__.encode()
+        _SOURCE.read_bytes()
+        + " ".join(_build_command(Path("x"))).encode()
+        + th.__version__.encode()
+        + _cpu_identity().encode()  # -march=native: a cache shared across machines (NFS home) must not mix CPUs
     ).hexdigest()[:16]
     target = _cache_dir() / f"libexpo_denoise_{key}.so"
     if target.exists():
