@@ -181,3 +181,12 @@ def test_native_chain_saturates_silu_without_nan(rows):
     reference = _float64_reference(base, obs, noise)
     assert th.isfinite(got).all()
     th.testing.assert_close(got.double(), reference, rtol=1e-3, atol=1e-3)
+
+
+@needs_native
+def test_a_wrong_kernel_is_caught_by_the_self_check(monkeypatch):
+    """A kernel that builds and loads but computes wrong numbers (e.g. another MKL integer ABI) is not used."""
+    monkeypatch.setattr(kernels, "_state", {"lib": None, "tried": False, "reason": "", "enabled": None})
+    monkeypatch.setattr(kernels.NativeDenoiser, "denoise", lambda self, chain, *a: th.zeros(chain.noise.shape[1:]))
+    assert kernels.native_denoiser() is None
+    assert "self-check failed" in kernels.status()

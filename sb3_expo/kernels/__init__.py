@@ -221,6 +221,36 @@ class NativeDenoiser:
         return out
 
 
+def _self_check(native: NativeDenoiser) -> None:
+    """Run both kernels once on a small random network against a float64 run of its modules.
+
+    Catches what compiling cannot: an MKL with another integer ABI, a miscompiled epilogue. Costs a few milliseconds,
+    once per process.
+    """
+    from sb3_expo.parts.diffusion import DiffusionBasePolicy  # here: diffusion.py imports this module
+
+    generator = th.Generator().manual_seed(0)
+    policy = DiffusionBasePolicy(3, 2, 3, net_kwargs=dict(hidden_dim=32, n_blocks=2, time_dim=8))
+    with th.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1 * th.randn(p.shape, generator=generator))
+    reference_policy = DiffusionBasePolicy(3, 2, 3, net_kwargs=dict(hidden_dim=32, n_blocks=2, time_dim=8)).double()
+    reference_policy.load_state_dict(policy.state_dict())
+    policy.native_tile_rows = 16
+    for rows in (37, 4):  # row tiles (a padded last tile) and, with several threads, the column split
+        obs = th.randn(rows, 3, generator=generator)
+        noise = th.randn(3, rows, 2, generator=generator)
+        with th.no_grad():
+            net = policy.net
+            obs_term = net.in_obs(obs)
+            time_terms = net.in_time(net.time_mlp(net.time_features(th.arange(3.0)[:, None])))
+            got = policy._denoise_native(native, noise, obs_term, time_terms)
+        expected = reference_policy.sample(obs.double(), noise=noise.double()).detach()
+        error = (got.double() - expected).abs().max().item()
+        if not error < 1e-4:  # also catches NaN
+            raise RuntimeError(f"self-check failed: the native chain is off by {error:.3g} on {rows} rows")
+
+
 def native_denoiser() -> Optional[NativeDenoiser]:
     """The native denoiser, built and loaded on first call; ``None`` when disabled or unavailable (see :func:`status`)."""
     if not _enabled():
@@ -231,7 +261,9 @@ def native_denoiser() -> Optional[NativeDenoiser]:
         if not _state["tried"]:
             try:
                 path = _build()
-                _state["lib"], _state["path"] = NativeDenoiser(_load(path)), path
+                native = NativeDenoiser(_load(path))
+                _self_check(native)
+                _state["lib"], _state["path"] = native, path
             except Exception as exc:  # noqa: BLE001 - any failure means: keep the PyTorch path
                 _state["lib"], _state["reason"] = None, f"{type(exc).__name__}: {exc}"
             _state["tried"] = True
