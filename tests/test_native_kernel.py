@@ -190,3 +190,20 @@ def test_a_wrong_kernel_is_caught_by_the_self_check(monkeypatch):
     monkeypatch.setattr(kernels.NativeDenoiser, "denoise", lambda self, chain, *a: th.zeros(chain.noise.shape[1:]))
     assert kernels.native_denoiser() is None
     assert "self-check failed" in kernels.status()
+
+
+@needs_native
+@pytest.mark.parametrize("context", ["inference_mode", "autocast", "no_grad"])
+def test_first_load_in_any_caller_context(monkeypatch, context):
+    """The first use may come from inside inference_mode / autocast / no_grad (e.g. predict): the self-check runs
+    in a plain context and the kernel is used."""
+    monkeypatch.setattr(kernels, "_state", {"lib": None, "tried": False, "reason": "", "enabled": None})
+    ctx = {"inference_mode": th.inference_mode(), "autocast": th.autocast("cpu", dtype=th.bfloat16), "no_grad": th.no_grad()}
+    with ctx[context]:
+        assert kernels.native_denoiser() is not None, kernels.status()
+    base = _policy()
+    obs, noise = th.randn(8, 5), th.randn(base.n_diffusion_steps, 8, 3)
+    with th.inference_mode():
+        got = base.sample(obs, noise=noise)
+    assert base.__dict__.get("_native_cache"), "the native path was not taken"
+    th.testing.assert_close(got.double(), _float64_reference(base, obs, noise), rtol=1e-5, atol=2e-5)
