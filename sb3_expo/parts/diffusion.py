@@ -324,6 +324,8 @@ class DiffusionBasePolicy(nn.Module):
     ) -> th.Tensor:
         """:meth:`_denoise_fused` in the native kernel (same arithmetic; the LayerNorm affine folded into fc1)."""
         net, rows, threads = self.net, noise.shape[1], max(1, th.get_num_threads())
+        if rows == 0:
+            return noise.new_empty(0, noise.shape[2])
         expanded = net.blocks[0].fc1.out_features
         if threads > 1 and rows <= self.native_column_rows_max and expanded >= 16 * threads:
             # columns split in multiples of 16 (whole AVX-512 vectors), as evenly as possible
