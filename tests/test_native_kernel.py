@@ -207,3 +207,14 @@ def test_first_load_in_any_caller_context(monkeypatch, context):
         got = base.sample(obs, noise=noise)
     assert base.__dict__.get("_native_cache"), "the native path was not taken"
     th.testing.assert_close(got.double(), _float64_reference(base, obs, noise), rtol=1e-5, atol=2e-5)
+
+
+@needs_native
+def test_first_load_leaves_the_global_rng_alone(monkeypatch):
+    """Loading the kernel (its self-check builds small networks) must not shift a seeded run's random stream."""
+    monkeypatch.setattr(kernels, "_state", {"lib": None, "tried": False, "reason": "", "enabled": None})
+    th.manual_seed(123)
+    expected = th.rand(3)
+    th.manual_seed(123)
+    assert kernels.native_denoiser() is not None
+    assert th.equal(th.rand(3), expected)

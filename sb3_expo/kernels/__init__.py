@@ -262,9 +262,11 @@ def native_denoiser() -> Optional[NativeDenoiser]:
             try:
                 path = _build()
                 native = NativeDenoiser(_load(path))
-                # whatever the caller's context (inference mode, autocast, no_grad): a plain float32/float64 check
-                with th.inference_mode(False), th.autocast("cpu", enabled=False), th.enable_grad():
-                    _self_check(native)
+                # whatever the caller's context (inference mode, autocast, no_grad): a plain float32/float64 check,
+                # and the global RNG restored after it (the first use must not shift a seeded run's random stream)
+                with th.random.fork_rng(devices=[]), th.inference_mode(False), th.autocast("cpu", enabled=False):
+                    with th.enable_grad():
+                        _self_check(native)
                 _state["lib"], _state["path"] = native, path
             except Exception as exc:  # noqa: BLE001 - any failure means: keep the PyTorch path
                 _state["lib"], _state["reason"] = None, f"{type(exc).__name__}: {exc}"
