@@ -181,7 +181,10 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
         if (!stream || !normed || !hidden || !x || !zeros) {
 #pragma omp atomic write
             failed = 1;
-        } else {
+        }
+#pragma omp barrier
+        /* every thread sees the same `failed` here: all enter the worksharing loop below, or none does */
+        if (!failed) {
             /* padding rows of the last tile hold zeros, never NaN */
             memset(stream, 0, sizeof(float) * tile * H);
             memset(normed, 0, sizeof(float) * tile * H);
