@@ -87,7 +87,8 @@ def _cache_dir() -> Path:
 
 
 def _build() -> Path:
-    """Compile (or reuse) the shared library; the file name hashes the source, the command and the torch build."""
+    """Compile (or reuse) the shared library; the file name hashes the source, the command, the torch build and the
+    CPU."""
     if platform.system() != "Linux":
         raise RuntimeError(f"the native kernels are built on Linux only (this is {platform.system()})")
     if not (th.backends.mkl.is_available() and th.backends.openmp.is_available()):
