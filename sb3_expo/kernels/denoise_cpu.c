@@ -43,6 +43,15 @@ int mkl_set_num_threads_local(const int *n_threads);
 
 static void *alloc_aligned(size_t bytes) { return aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN); }
 
+/* A thread's buffers (free(NULL) is a no-op: also after a failed allocation). */
+static void free_buffers(float *stream, float *normed, float *hidden, float *x, float *zeros) {
+    free(stream);
+    free(normed);
+    free(hidden);
+    free(x);
+    free(zeros);
+}
+
 /* exp(x), Cephes expf polynomial; ternaries (not fminf/fmaxf) so that loops vectorise. */
 static inline float exp_f(float x) {
     x = x < -87.0f ? -87.0f : x;
@@ -218,11 +227,7 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
                 memcpy(x_out + r0 * A, x, sizeof(float) * rows * A);
             }
         }
-        free(stream);
-        free(normed);
-        free(hidden);
-        free(x);
-        free(zeros);
+        free_buffers(stream, normed, hidden, x, zeros);
         mkl_set_num_threads_local(&zero);
     }
     return failed ? 2 : 0;
@@ -304,11 +309,7 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
             }
             if (tid == 0) memcpy(x_out, x, sizeof(float) * M * A);
         }
-        free(stream);
-        free(normed);
-        free(hidden);
-        free(x);
-        free(zeros);
+        free_buffers(stream, normed, hidden, x, zeros);
         mkl_set_num_threads_local(&zero);
     }
     free(partials);
