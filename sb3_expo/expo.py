@@ -396,9 +396,10 @@ class EXPO(OffPolicyAlgorithm):
                 otf,
             )
         critic = policy.q_ensemble
-        qs = critic(critic.features_extractor(policy.preprocess(obs)), actions)  # (E, B): all members, one forward
+        # mean over members and rows of (Q_i(s, a) - y)^2: all members in one forward (one native call on the CPU)
+        loss, qs = critic.mse_loss(critic.features_extractor(policy.preprocess(obs)), actions, y)
         edited = (chosen.index >= otf.n_action_samples).float().mean()
-        return (qs - y).pow(2).mean(), qs.detach().mean(), edited
+        return loss, qs.mean(), edited
 
     def _base_loss(self, obs: Any, actions: th.Tensor) -> th.Tensor:
         """Denoising loss || eps - eps_theta(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t) ||^2 (imitation only)."""

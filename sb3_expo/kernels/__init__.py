@@ -1,11 +1,13 @@
-"""Native CPU kernels: the fused DDPM denoising chain (``denoise_cpu.c``), built on first use.
+"""Native CPU kernels, built on first use: the fused DDPM denoising chain (``denoise_cpu.c``) and the Q ensemble's
+OTF scoring and critic-update forward/backward (``qensemble_cpu.c``).
 
-The C source is compiled once per machine (``cc -O3 -march=native -fopenmp``, a second or two) into a cache folder
+The C sources are compiled once per machine (``cc -O3 -march=native -fopenmp``, a second or two) into a cache folder
 and loaded with :mod:`ctypes`; it links against the torch build's own MKL (``cblas_sgemm_pack`` /
 ``cblas_sgemm_compute``, exported by ``libtorch_cpu``) and its bundled OpenMP runtime, so it shares torch's thread
 pool. Nothing here is required: when the build or the self-check fails (no C compiler, a torch without MKL, a
-non-x86 machine), :func:`native_denoiser` returns ``None``, :func:`status` says why, and sb3-expo keeps the
-pure-PyTorch fused chain (same arithmetic, 12-27% slower on the TD-target candidates in our runs).
+non-x86 machine), :func:`native_denoiser` and :func:`native_qensemble` return ``None``, :func:`status` says why,
+and sb3-expo keeps its PyTorch paths (same arithmetic; the fused chain is 12-27% slower on the TD-target candidates
+in our runs).
 
 Environment:
 
@@ -29,11 +31,11 @@ from typing import NamedTuple, Optional
 
 import torch as th
 
-__all__ = ["native_denoiser", "set_enabled", "status", "NativeDenoiser", "Chain"]
+__all__ = ["native_denoiser", "native_qensemble", "set_enabled", "status", "NativeDenoiser", "NativeQEnsemble", "Chain"]
 
-_SOURCE = Path(__file__).with_name("denoise_cpu.c")
+_SOURCES = (Path(__file__).with_name("denoise_cpu.c"), Path(__file__).with_name("qensemble_cpu.c"))
 _lock = threading.Lock()
-_state: dict = {"lib": None, "tried": False, "reason": "not built yet", "enabled": None}
+_state: dict = {"lib": None, "q": None, "tried": False, "reason": "not built yet", "enabled": None}
 
 
 def _enabled() -> bool:
@@ -48,7 +50,7 @@ def set_enabled(enabled: Optional[bool]) -> None:
 
 
 def status() -> str:
-    """One line: whether the native denoiser is in use, and if not, why."""
+    """One line: whether the native kernels are in use, and if not, why."""
     if not _enabled():
         return "disabled (SB3_EXPO_NATIVE=0 or set_enabled(False))"
     native_denoiser()
@@ -64,7 +66,7 @@ def _build_command(out: Path) -> list[str]:
     cmd = [os.environ.get("CC", "cc"), "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         cmd.append("-mprefer-vector-width=512")  # GCC's default tuning stops at 256-bit vectors
-    cmd += ["-fPIC", "-shared", str(_SOURCE), "-o", str(out), f"-L{lib_dir}", "-ltorch_cpu"]
+    cmd += ["-fPIC", "-shared", *map(str, _SOURCES), "-o", str(out), f"-L{lib_dir}", "-ltorch_cpu"]
     # torch's wheels bundle their OpenMP runtime; linking the same soname makes the kernel share torch's thread pool
     if (lib_dir / "libgomp.so.1").exists():
         cmd.append("-l:libgomp.so.1")
@@ -87,7 +89,7 @@ def _cache_dir() -> Path:
 
 
 def _build() -> Path:
-    """Compile (or reuse) the shared library; the file name hashes the source, the command, the torch build and the
+    """Compile (or reuse) the shared library; the file name hashes the sources, the command, the torch build and the
     CPU."""
     if platform.system() != "Linux":
         raise RuntimeError(f"the native kernels are built on Linux only (this is {platform.system()})")
@@ -97,12 +99,12 @@ def _build() -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH (install gcc, or set CC)")
     key = hashlib.sha256(
-        _SOURCE.read_bytes()
+        b"".join(source.read_bytes() for source in _SOURCES)
         + " ".join(_build_command(Path("x"))).encode()
         + th.__version__.encode()
         + _cpu_identity().encode()  # -march=native: a cache shared across machines (NFS home) must not mix CPUs
     ).hexdigest()[:16]
-    target = _cache_dir() / f"libexpo_denoise_{key}.so"
+    target = _cache_dir() / f"libexpo_kernels_{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,8 @@ def _build() -> Path:
         out = Path(tmp) / target.name
         proc = subprocess.run(_build_command(out), capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {_SOURCE.name} failed: {proc.stderr.strip()[-800:]}")
+            names = ", ".join(source.name for source in _SOURCES)
+            raise RuntimeError(f"compiling {names} failed: {proc.stderr.strip()[-800:]}")
         os.replace(out, target)  # atomic: concurrent builders never load a half-written file
     return target
 
@@ -128,6 +131,12 @@ def _load(path: Path) -> ctypes.CDLL:
     )
     lib.expo_denoise_cols_f32.restype = i32
     lib.expo_denoise_cols_f32.argtypes = [i64] * 6 + [ptr] * 5 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i32, ptr]
+    lib.expo_qscore_f32.restype = i32
+    lib.expo_qscore_f32.argtypes = [i64, i64, ptr, i64, ptr] + [ptr] * 4 + [i32, ctypes.c_float, ptr, i64, i32, ptr]
+    lib.expo_qtrain_f32.restype = i32
+    lib.expo_qtrain_f32.argtypes = (
+        [i64, i64, ptr, i64] + [ptr] * 4 + [i32, ctypes.c_float, ptr, ptr, ctypes.c_float, i32, ptr] + [ptr] * 4
+    )
     return lib
 
 
@@ -222,8 +231,82 @@ class NativeDenoiser:
         return out
 
 
-def _self_check(native: NativeDenoiser) -> None:
-    """Run both kernels once on a small random network against a float64 run of its modules.
+class NativeQEnsemble:
+    """The Q-ensemble kernels over a :class:`~sb3_expo.parts.QEnsemble`'s stacked parameters (see :meth:`supports`).
+
+    :meth:`score` is the OTF scoring without autograd (row tiles x members on the threads); :meth:`mse_step` is one
+    critic update's forward and backward (one member per thread).
+    """
+
+    #: rows per work unit of :meth:`score` (the activations of a tile, 256 x 256 floats, stay in L2)
+    score_tile_rows = 256
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+
+    @staticmethod
+    def supports(ensemble: th.nn.Module) -> bool:
+        """Contiguous float32 CPU parameters, at least one hidden layer, a 1-wide output and no active dropout."""
+        params = [*ensemble.weights, *ensemble.biases, *ensemble.ln_weights, *ensemble.ln_biases]
+        return (
+            len(ensemble.weights) >= 2
+            and ensemble.weights[-1].shape[-1] == 1
+            and not (ensemble.dropout > 0 and ensemble.training)
+            and all(p.device.type == "cpu" and p.dtype == th.float32 and p.is_contiguous() for p in params)
+        )
+
+    @staticmethod
+    def _layout(ensemble: th.nn.Module) -> list:
+        """The C arguments from ``n_layers`` to ``lnb`` (without the member arguments of the scoring kernel)."""
+        dims = [ensemble.weights[0].shape[1], *(w.shape[2] for w in ensemble.weights)]
+        c_dims = ctypes.cast((ctypes.c_int64 * len(dims))(*dims), ctypes.c_void_p)
+        tables = [list(ensemble.weights), list(ensemble.biases), list(ensemble.ln_weights), list(ensemble.ln_biases)]
+        return [len(ensemble.weights), c_dims, *(_pointer_array(t) for t in tables)]
+
+    def score(self, ensemble: th.nn.Module, x: th.Tensor, members: Optional[list[int]] = None) -> th.Tensor:
+        """Q values (len(members), rows) of the chosen members (all by default) for inputs ``x`` (rows, in)."""
+        x = x.detach().float().contiguous()
+        index = list(range(ensemble.n_critics)) if members is None else [int(m) for m in members]
+        n_layers, c_dims, w, b, lnw, lnb = self._layout(ensemble)
+        out = th.empty(len(index), x.shape[0], dtype=th.float32)
+        if x.shape[0] == 0 or not index:
+            return out
+        c_members = ctypes.cast((ctypes.c_int64 * len(index))(*index), ctypes.c_void_p)
+        rc = self._lib.expo_qscore_f32(
+            x.shape[0], n_layers, c_dims, len(index), c_members, w, b, lnw, lnb, int(ensemble.layer_norm),
+            float(ensemble.ln_eps), x.data_ptr(), self.score_tile_rows, th.get_num_threads(), out.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError(f"native Q ensemble: could not allocate the scoring buffers ({x.shape[0]} rows)")
+        return out
+
+    def mse_step(self, ensemble: th.nn.Module, x: th.Tensor, y: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
+        """Forward and backward of ``mean_{i, r} (Q_i(x_r) - y_r)^2`` over all members.
+
+        :return: Q values (E, rows) and the loss gradients of the parameters, in the order weights, biases,
+            LayerNorm weights, LayerNorm biases.
+        """
+        x = x.detach().float().contiguous()
+        y = y.detach().float().contiguous()
+        rows, n_members = x.shape[0], ensemble.n_critics
+        params = [*ensemble.weights, *ensemble.biases, *ensemble.ln_weights, *ensemble.ln_biases]
+        grads = [th.empty(p.shape, dtype=th.float32) for p in params]
+        n_w, n_ln = len(ensemble.weights), len(ensemble.ln_weights)
+        grad_tables = [grads[:n_w], grads[n_w : 2 * n_w], grads[2 * n_w : 2 * n_w + n_ln], grads[2 * n_w + n_ln :]]
+        q = th.empty(n_members, rows, dtype=th.float32)
+        n_layers, c_dims, w, b, lnw, lnb = self._layout(ensemble)
+        rc = self._lib.expo_qtrain_f32(
+            rows, n_layers, c_dims, n_members, w, b, lnw, lnb, int(ensemble.layer_norm), float(ensemble.ln_eps),
+            x.data_ptr(), y.data_ptr(), 2.0 / (n_members * rows), th.get_num_threads(), q.data_ptr(),
+            *(_pointer_array(t) for t in grad_tables),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError(f"native Q ensemble: could not allocate the update buffers ({rows} rows)")
+        return q, grads
+
+
+def _self_check(native: NativeDenoiser, native_q: NativeQEnsemble) -> None:
+    """Run every kernel once on small random networks against a float64 run of their modules.
 
     Catches what compiling cannot: an MKL with another integer ABI, a miscompiled epilogue. Costs a few milliseconds,
     once per process.
@@ -250,6 +333,32 @@ def _self_check(native: NativeDenoiser) -> None:
         error = (got.double() - expected).abs().max().item()
         if not error < 1e-4:  # also catches NaN
             raise RuntimeError(f"self-check failed: the native chain is off by {error:.3g} on {rows} rows")
+    _self_check_qensemble(native_q, generator)
+
+
+def _self_check_qensemble(native: NativeQEnsemble, generator: th.Generator) -> None:
+    """The Q-ensemble kernels against a float64 autograd run of :class:`~sb3_expo.parts.QEnsemble`."""
+    from sb3_expo.parts.q_ensemble import QEnsemble
+
+    ensemble = QEnsemble(5, n_critics=3, net_arch=(32, 24))
+    with th.no_grad():
+        for p in ensemble.parameters():
+            p.add_(0.1 * th.randn(p.shape, generator=generator))
+    reference = QEnsemble(5, n_critics=3, net_arch=(32, 24)).double()
+    reference.load_state_dict(ensemble.state_dict())
+    x, y = th.randn(37, 5, generator=generator), th.randn(37, generator=generator)
+    scores = native.score(ensemble, x, [2, 0])
+    q, grads = native.mse_step(ensemble, x, y)
+    q_ref = reference(x[:, :3].double(), x[:, 3:].double())
+    (q_ref - y.double()).pow(2).mean().backward()
+    ref_params = [*reference.weights, *reference.biases, *reference.ln_weights, *reference.ln_biases]
+    errors = [
+        (scores.double() - q_ref[[2, 0]]).abs().max().item(),
+        (q.double() - q_ref).abs().max().item(),
+        *((g.double() - p.grad).abs().max().item() for g, p in zip(grads, ref_params)),
+    ]
+    if not max(errors) < 1e-4:  # also catches NaN
+        raise RuntimeError(f"self-check failed: the native Q ensemble is off by {max(errors):.3g}")
 
 
 def native_denoiser() -> Optional[NativeDenoiser]:
@@ -262,14 +371,20 @@ def native_denoiser() -> Optional[NativeDenoiser]:
         if not _state["tried"]:
             try:
                 path = _build()
-                native = NativeDenoiser(_load(path))
+                lib = _load(path)
+                native, native_q = NativeDenoiser(lib), NativeQEnsemble(lib)
                 # whatever the caller's context (inference mode, autocast, no_grad): a plain float32/float64 check,
                 # and the global RNG restored after it (the first use must not shift a seeded run's random stream)
                 with th.random.fork_rng(devices=[]), th.inference_mode(False), th.autocast("cpu", enabled=False):
                     with th.enable_grad():
-                        _self_check(native)
-                _state["lib"], _state["path"] = native, path
+                        _self_check(native, native_q)
+                _state["lib"], _state["q"], _state["path"] = native, native_q, path
             except Exception as exc:  # noqa: BLE001 - any failure means: keep the PyTorch path
-                _state["lib"], _state["reason"] = None, f"{type(exc).__name__}: {exc}"
+                _state["lib"], _state["q"], _state["reason"] = None, None, f"{type(exc).__name__}: {exc}"
             _state["tried"] = True
     return _state["lib"]
+
+
+def native_qensemble() -> Optional[NativeQEnsemble]:
+    """The native Q-ensemble kernels (built with the denoiser); ``None`` when disabled or unavailable."""
+    return _state["q"] if native_denoiser() is not None else None

@@ -1,7 +1,8 @@
 """The Q ensemble: ``n_critics`` MLP critics with LayerNorm, as ONE module with stacked weights.
 
 One forward evaluates every member (or a chosen subset) with batched matmuls: no Python loop over critics.
-Each hidden layer is Dense -> LayerNorm -> ReLU (RLPD / EXPO critics).
+Each hidden layer is Dense -> LayerNorm -> ReLU (RLPD / EXPO critics). On the CPU, when the native kernels are built
+(:mod:`sb3_expo.kernels`), the OTF scoring and the critic update's forward/backward run in them instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Optional, Sequence
 import torch as th
 from torch import nn
 from torch.nn import functional as F
+
+from sb3_expo.kernels import NativeQEnsemble, native_qensemble
 
 
 class QEnsemble(nn.Module):
@@ -58,6 +61,9 @@ class QEnsemble(nn.Module):
                 self.ln_weights.append(nn.Parameter(th.ones(n_critics, 1, d_out)))
                 self.ln_biases.append(nn.Parameter(th.zeros(n_critics, 1, d_out)))
 
+    #: flax's LayerNorm epsilon
+    ln_eps = 1e-6
+
     def forward(self, obs: th.Tensor, actions: th.Tensor, members: Optional[th.Tensor] = None) -> th.Tensor:
         """Q values of every member (or of ``members``) for a shared batch.
 
@@ -83,7 +89,7 @@ class QEnsemble(nn.Module):
                     if members is not None:
                         lw, lb = lw[members], lb[members]
                     # flax LayerNorm (eps 1e-6) with a per-member affine, fused into one addcmul
-                    x = th.addcmul(lb, F.layer_norm(x, x.shape[-1:], eps=1e-6), lw)
+                    x = th.addcmul(lb, F.layer_norm(x, x.shape[-1:], eps=self.ln_eps), lw)
                 x = F.relu_(x) if self.layer_norm else F.relu(x)
                 if self.dropout > 0:
                     x = F.dropout(x, self.dropout, self.training)
@@ -111,6 +117,9 @@ class QEnsemble(nn.Module):
         n_hidden = len(self.weights) - 1
         # CPU only (see _use_member_loop): the indices are in host memory already, no sync; weights are views below
         index = range(self.n_critics) if members is None else members.tolist()
+        native = native_qensemble()
+        if native is not None and x.dtype == th.float32 and NativeQEnsemble.supports(self):
+            return native.score(self, x, list(index))  # row tiles x members on the threads, fused epilogues
         weights, biases, ln_weights, ln_biases = self.weights, self.biases, self.ln_weights, self.ln_biases
         outputs = []
         for j in index:
@@ -119,7 +128,52 @@ class QEnsemble(nn.Module):
                 h = th.addmm(biases[i][j, 0], h, weights[i][j])
                 if i < n_hidden:
                     if self.layer_norm:
-                        h = F.layer_norm(h, h.shape[-1:], ln_weights[i][j, 0], ln_biases[i][j, 0], eps=1e-6)
+                        h = F.layer_norm(h, h.shape[-1:], ln_weights[i][j, 0], ln_biases[i][j, 0], eps=self.ln_eps)
                     h = F.relu_(h)
             outputs.append(h.squeeze(-1))
         return th.stack(outputs)
+
+    def mse_loss(
+        self, obs: th.Tensor, actions: th.Tensor, targets: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """The critic loss ``mean_{i, b} (Q_i(s_b, a_b) - y_b)^2`` over all members, and the Q values (E, B) detached.
+
+        On the CPU with the native kernels (float32, inputs without gradient, not under torch.compile) the forward
+        and backward of each member run together on one thread (:meth:`NativeQEnsemble.mse_step`); the gradients
+        reach the parameters through autograd as usual. Otherwise: the batched forward above and autograd.
+
+        :param targets: TD targets y, shape (B,), without gradient.
+        """
+        x = th.cat([obs, actions], dim=-1)
+        # checked first: under torch.compile nothing below may depend on the kernels' state (a guard would recompile)
+        native = None if th.compiler.is_compiling() or x.device.type != "cpu" else native_qensemble()
+        if (
+            native is not None
+            and th.is_grad_enabled()
+            and not x.requires_grad  # a trainable features extractor needs dL/dx: the autograd path gives it
+            and x.dtype == th.float32
+            and NativeQEnsemble.supports(self)
+        ):
+            params = [*self.weights, *self.biases, *self.ln_weights, *self.ln_biases]
+            return _NativeMSE.apply(native, self, x, targets, *params)
+        qs = self(obs, actions)
+        return (qs - targets).pow(2).mean(), qs.detach()
+
+
+class _NativeMSE(th.autograd.Function):
+    """Autograd glue for :meth:`NativeQEnsemble.mse_step`: the kernel computes the gradients during the forward
+    (member by member, while the activations are in cache); the backward only scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, native, ensemble, x, targets, *params):  # type: ignore[no-untyped-def, override]
+        q, grads = native.mse_step(ensemble, x, targets)
+        ctx.grads = grads
+        ctx.mark_non_differentiable(q)
+        return (q - targets).pow(2).mean(), q
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_q):  # type: ignore[no-untyped-def, override]
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("the native critic loss supports one backward pass per forward (retain_graph is not supported)")
+        return (None, None, None, None, *(g.mul_(grad_loss) for g in grads))
