@@ -96,18 +96,21 @@ def make_model(preset: str, device: str, compile_: bool, **overrides: Any) -> EX
 def count_flops(model: EXPO) -> float:
     """Matmul FLOPs of one env step's update (forward + backward), counted by FlopCounterMode.
 
-    Counted on the nn.Module path of the diffusion chain: FlopCounterMode does not see the fused path's in-place
-    ``addmm_`` / ``out=`` GEMMs, and the FLOPs are the algorithm's, whichever kernels run them.
+    Counted on the nn.Module paths (the diffusion chain, the Q ensemble): FlopCounterMode does not see the fused path's
+    in-place ``addmm_`` / ``out=`` GEMMs nor the native kernels', and the FLOPs are the algorithm's, whichever kernels
+    run them.
     """
     from sb3_expo.parts import DiffusionBasePolicy
 
     fused = DiffusionBasePolicy.use_fused_inference
     DiffusionBasePolicy.use_fused_inference = lambda self: False  # type: ignore[method-assign]
+    kernels.set_enabled(False)  # the native kernels' GEMMs are invisible to the counter: count on the module paths
     try:
         with FlopCounterMode(display=False) as counter:
             model.train(model.gradient_steps, model.batch_size)
     finally:
         DiffusionBasePolicy.use_fused_inference = fused  # type: ignore[method-assign]
+        kernels.set_enabled(None)
     return float(counter.get_total_flops())
 
 
@@ -212,7 +215,12 @@ def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
         def score() -> None:
             select_candidates(target, critic_feats, candidates, model.otf_config)
 
-        out["select_member_loop_s"] = statistics.median(timed(score, repeats * 5, device))
+        out["select_default_s"] = statistics.median(timed(score, repeats * 5, device))  # native scorer when built
+        kernels.set_enabled(False)
+        try:
+            out["select_member_loop_s"] = statistics.median(timed(score, repeats * 5, device))
+        finally:
+            kernels.set_enabled(None)
         loop_max = QEnsemble.member_loop_max
         QEnsemble.member_loop_max = 0
         try:
@@ -220,7 +228,8 @@ def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
         finally:
             QEnsemble.member_loop_max = loop_max
 
-    # Q ensemble: SB3-style Python loop over E nn.Sequential critics vs one stacked forward, fwd + bwd on batch B.
+    # Q ensemble: SB3-style Python loop over E nn.Sequential critics vs one stacked forward, fwd + bwd on batch B,
+    # and the default critic loss (the native kernel on the CPU when built: one member per thread, fwd + bwd fused)
     ens = policy.q_ensemble
     in_dim = ens.weights[0].shape[1]
     widths = [w.shape[2] for w in ens.weights]
@@ -242,6 +251,10 @@ def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
     )
     out["ensemble_batched_fwd_bwd_s"] = statistics.median(
         timed(lambda: ens(obs, act).pow(2).mean().backward(), repeats * 5, device)
+    )
+    y = th.zeros(B, device=device)
+    out["ensemble_default_fwd_bwd_s"] = statistics.median(
+        timed(lambda: ens.mse_loss(obs, act, y)[0].backward(), repeats * 5, device)
     )
     return out
 
@@ -371,6 +384,7 @@ def main() -> None:
           f" whole / SAC: {one.gradient_steps / sec / sac['updates_per_s']:.2f}x")
 
     print("\n## Optimisations, plain vs optimised, measured side by side (seconds)")
+    native_q = "native kernel" if kernels.native_qensemble() else "PyTorch"
     for preset in ("reference", "cpu"):
         abl = optimisation_ablations(models[preset], reps)
         results[f"ablations_{preset}"] = abl
@@ -381,9 +395,10 @@ def main() -> None:
               f"({'native kernel' if kernels.native_denoiser() else 'PyTorch fused chain'}) "
               f"{abl['candidates_default_chunks_s']:.3f} | bf16 autocast (opt-in) {abl['candidates_bf16_autocast_s']:.3f}")
         print(f"  [{preset}] OTF argmax scoring, one minibatch: batched members {abl['select_batched_s'] * 1e3:.2f} ms | "
-              f"member loop {abl['select_member_loop_s'] * 1e3:.2f} ms")
+              f"member loop {abl['select_member_loop_s'] * 1e3:.2f} ms | default ({native_q}) {abl['select_default_s'] * 1e3:.2f} ms")
         print(f"  [{preset}] Q ensemble fwd+bwd (batch {models[preset].batch_size}): loop over critics "
-              f"{abl['ensemble_loop_fwd_bwd_s'] * 1e3:.2f} ms | stacked {abl['ensemble_batched_fwd_bwd_s'] * 1e3:.2f} ms")
+              f"{abl['ensemble_loop_fwd_bwd_s'] * 1e3:.2f} ms | stacked {abl['ensemble_batched_fwd_bwd_s'] * 1e3:.2f} ms | "
+              f"default critic loss ({native_q}) {abl['ensemble_default_fwd_bwd_s'] * 1e3:.2f} ms")
 
     print("\n## Acting latency, one observation (ms)")
     for preset, model in models.items():

@@ -63,10 +63,26 @@ class EditPolicy(nn.Module):
         self.mean = nn.Linear(last, action_dim)
         self.log_std = nn.Linear(last, action_dim)
 
+    #: rows per chunk of the forward without autograd on the CPU (the OTF candidates: 40960 rows at the reference
+    #: settings), so that each chunk's activations stay in cache and the ReLUs run in place
+    no_grad_chunk_rows = 2048
+
     def distribution_params(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Mean and (clipped) log-std of the pre-tanh Gaussian over u."""
-        h = self.trunk(th.cat([obs, actions], dim=-1))
+        x = th.cat([obs, actions], dim=-1)
+        chunk = self.no_grad_chunk_rows
+        if x.shape[0] > chunk and x.device.type == "cpu" and not th.is_grad_enabled() and not th.compiler.is_compiling():
+            means, log_stds = zip(*(self._params_no_grad(part) for part in x.split(chunk)))
+            return th.cat(means), th.cat(log_stds)
+        h = self.trunk(x)
         return self.mean(h), self.log_std(h).clamp(self.log_std_min, self.log_std_max)
+
+    def _params_no_grad(self, x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """The same layers on one chunk, ReLU in place (no autograd: nothing keeps the pre-activations)."""
+        h = x
+        for layer in self.trunk:
+            h = h.relu_() if isinstance(layer, nn.ReLU) else layer(h)
+        return self.mean(h), self.log_std(h).clamp_(self.log_std_min, self.log_std_max)
 
     def sample(
         self,
