@@ -234,3 +234,22 @@ def test_mixed_precision_loss_stays_finite():
     assert np.isfinite(values["train/base_loss"]) and np.isfinite(values["train/critic_loss"])
     data = model.replay_buffer.sample(32)
     assert th.isfinite(model._base_loss(data.observations, data.actions))
+
+
+def test_adam_optimisers_are_fused_unless_the_user_picks_an_implementation(tmp_path):
+    from sb3_expo.policies import fused_if_supported
+
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, **get_preset("tiny"))
+    policy = model.policy
+    for opt in (policy.critic_optimizer, policy.edit_optimizer, policy.temperature_optimizer, policy.base_optimizer):
+        assert opt.param_groups[0]["fused"] is True
+    custom = EXPO("MlpPolicy", "Pendulum-v1", seed=0, **get_preset("tiny", policy_kwargs=dict(optimizer_kwargs=dict(foreach=True))))
+    assert custom.policy.critic_optimizer.param_groups[0]["fused"] is not True
+    assert custom.policy.critic_optimizer.param_groups[0]["foreach"] is True
+    assert fused_if_supported(th.optim.SGD, {}) == {}  # only Adam / AdamW
+    model.learn(80)  # fused steps train (tiny preset: updates from step 50) and the checkpoint round-trips
+    assert model._n_updates > 0
+    model.save(tmp_path / "fused.zip")
+    loaded = EXPO.load(tmp_path / "fused.zip")
+    assert loaded.policy.critic_optimizer.param_groups[0]["fused"] is True
+    assert loaded.policy.critic_optimizer.state_dict()["state"].keys() == model.policy.critic_optimizer.state_dict()["state"].keys()
