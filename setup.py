@@ -30,7 +30,7 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     packages=find_packages(include=["sb3_expo", "sb3_expo.*"]),
-    package_data={"sb3_expo": ["py.typed"], "sb3_expo.kernels": ["*.c"]},
+    package_data={"sb3_expo": ["py.typed"], "sb3_expo.kernels": ["*.c", "*.h"]},
     python_requires=">=3.9",
     install_requires=[
         # A wide range on purpose: a GPU user must get their own CUDA build of torch.

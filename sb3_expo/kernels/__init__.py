@@ -34,6 +34,7 @@ import torch as th
 __all__ = ["native_denoiser", "native_qensemble", "set_enabled", "status", "NativeDenoiser", "NativeQEnsemble", "Chain"]
 
 _SOURCES = (Path(__file__).with_name("denoise_cpu.c"), Path(__file__).with_name("qensemble_cpu.c"))
+_HEADERS = (Path(__file__).with_name("row_ops.h"),)
 _lock = threading.Lock()
 _state: dict = {"lib": None, "q": None, "tried": False, "reason": "not built yet", "enabled": None}
 
@@ -99,7 +100,7 @@ def _build() -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH (install gcc, or set CC)")
     key = hashlib.sha256(
-        b"".join(source.read_bytes() for source in _SOURCES)
+        b"".join(source.read_bytes() for source in (*_SOURCES, *_HEADERS))
         + " ".join(_build_command(Path("x"))).encode()
         + th.__version__.encode()
         + _cpu_identity().encode()  # -march=native: a cache shared across machines (NFS home) must not mix CPUs

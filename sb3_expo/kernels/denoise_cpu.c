@@ -25,6 +25,8 @@
 #include <string.h>
 
 #include <omp.h>
+
+#include "row_ops.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -73,8 +75,8 @@ static inline float exp_f(float x) {
 
 static inline float silu_f(float v) { return v / (1.0f + exp_f(-v)); }
 
-/* out[i] = silu(in[i] + bias[i]) for i < n (n a multiple of 16 on the AVX-512 path). */
-static inline void bias_silu(float *restrict out, const float *restrict in, const float *restrict bias, int64_t n) {
+/* out[i] = silu(in[i] + bias[i]) for i < n (n a multiple of 16 on the AVX-512 path); out may be in (in place). */
+static inline void bias_silu(float *out, const float *in, const float *restrict bias, int64_t n) {
     int64_t i = 0;
 #if defined(__AVX512F__)
     const __m512 lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
@@ -122,16 +124,8 @@ static void layer_norm(float *normed, const float *stream, int64_t rows, int64_t
     for (int64_t r = 0; r < rows; ++r) {
         const float *restrict s = stream + r * H;
         float *restrict o = normed + r * H;
-        float mean = 0.0f, var = 0.0f;
-#pragma omp simd reduction(+ : mean)
-        for (int64_t h = 0; h < H; ++h) mean += s[h];
-        mean /= (float)H;
-#pragma omp simd reduction(+ : var)
-        for (int64_t h = 0; h < H; ++h) {
-            const float d = s[h] - mean;
-            var += d * d;
-        }
-        const float rstd = 1.0f / sqrtf(var / (float)H + eps);
+        const float mean = row_sum(s, H) / (float)H;
+        const float rstd = 1.0f / sqrtf(row_sq_dev(s, mean, H) / (float)H + eps);
         for (int64_t h = 0; h < H; ++h) o[h] = (s[h] - mean) * rstd;
     }
 }
@@ -144,10 +138,7 @@ static void ancestral_step(float *x, float *stream, const float *w_out, const fl
         float *restrict s = stream + r * H;
         bias_silu(s, s, zeros, H);
         for (int64_t a = 0; a < A; ++a) {
-            const float *restrict wo = w_out + a * H;
-            float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t h = 0; h < H; ++h) acc += s[h] * wo[h];
+            const float acc = row_dot(s, w_out + a * H, H);
             float v = k * x[r * A + a] - kc * acc + shift[r * A + a];
             if (clip) {
                 v = v < -1.0f ? -1.0f : v;

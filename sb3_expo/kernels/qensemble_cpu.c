@@ -21,6 +21,8 @@
 
 #include <omp.h>
 
+#include "row_ops.h"
+
 /* MKL entry points (LP64) that torch's x86 CPU build exports from libtorch_cpu; sgemm_ is the Fortran interface
  * (column-major; the C one is not exported). */
 enum { kRowMajor = 101, kNoTrans = 111, kBMatrix = 162, kPacked = 151 };
@@ -65,22 +67,16 @@ static void dense_epilogue(float *restrict h, float *restrict xhat, float *restr
             }
             continue;
         }
-        float mean = 0.0f, var = 0.0f;
-#pragma omp simd reduction(+ : mean)
-        for (int64_t k = 0; k < d; ++k) mean += zr[k] + b[k];
-        mean /= (float)d;
-#pragma omp simd reduction(+ : var)
-        for (int64_t k = 0; k < d; ++k) {
-            const float t = zr[k] + b[k] - mean;
-            var += t * t;
-        }
-        const float rstd = 1.0f / sqrtf(var / (float)d + eps);
+#pragma omp simd
+        for (int64_t k = 0; k < d; ++k) hr[k] = zr[k] + b[k];
+        const float mean = row_sum(hr, d) / (float)d;                          /* two passes, as PyTorch's LN */
+        const float rstd = 1.0f / sqrtf(row_sq_dev(hr, mean, d) / (float)d + eps);
         if (xhat) {
             float *restrict xr = xhat + r * d;
             rstd_out[r] = rstd;
 #pragma omp simd
             for (int64_t k = 0; k < d; ++k) {
-                const float x = (zr[k] + b[k] - mean) * rstd;
+                const float x = (hr[k] - mean) * rstd;
                 const float a = x * g[k] + beta[k];
                 xr[k] = x;
                 hr[k] = a > 0.0f ? a : 0.0f;
@@ -88,18 +84,11 @@ static void dense_epilogue(float *restrict h, float *restrict xhat, float *restr
         } else {
 #pragma omp simd
             for (int64_t k = 0; k < d; ++k) {
-                const float a = (zr[k] + b[k] - mean) * rstd * g[k] + beta[k];
+                const float a = (hr[k] - mean) * rstd * g[k] + beta[k];
                 hr[k] = a > 0.0f ? a : 0.0f;
             }
         }
     }
-}
-
-static float dot(const float *restrict a, const float *restrict b, int64_t n) {
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = 0; k < n; ++k) acc += a[k] * b[k];
-    return acc;
 }
 
 /* Layout of the ensemble (the stacked parameters of QEnsemble, contiguous): n_layers Dense layers with widths
@@ -161,7 +150,7 @@ int expo_qscore_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
                 }
                 const int64_t d = dims[n_hidden];
                 const float *w_out = W[n_hidden] + m * d, b_out = b[n_hidden][m];
-                for (int64_t r = 0; r < n; ++r) out[j * rows + r0 + r] = dot(h + r * d, w_out, d) + b_out;
+                for (int64_t r = 0; r < n; ++r) out[j * rows + r0 + r] = row_dot(h + r * d, w_out, d) + b_out;
             }
         }
         mkl_set_num_threads_local(&zero);
@@ -226,7 +215,7 @@ int expo_qtrain_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
                 float *gw_out = gW[n_hidden] + m * d, gb_out = 0.0f;
                 memset(gw_out, 0, sizeof(float) * d);
                 for (int64_t r = 0; r < rows; ++r) {
-                    const float qr = dot(h + r * d, w_out, d) + b[n_hidden][m];
+                    const float qr = row_dot(h + r * d, w_out, d) + b[n_hidden][m];
                     q[m * rows + r] = qr;
                     dq[r] = grad_scale * (qr - y[r]);
                     gb_out += dq[r];
@@ -264,18 +253,15 @@ int expo_qtrain_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
                             continue;
                         }
                         const float *restrict xr = xhat[i] + r * dn;
-                        float s1 = 0.0f, s2 = 0.0f;
-#pragma omp simd reduction(+ : s1, s2)
+#pragma omp simd
                         for (int64_t k = 0; k < dn; ++k) {
                             const float da = hr[k] > 0.0f ? dz[k] : 0.0f; /* ReLU' (0 at 0, as torch) */
                             g_shift[k] += da;
                             g_scale[k] += da * xr[k];
-                            const float dx = da * g[k]; /* d xhat */
-                            dz[k] = dx;
-                            s1 += dx;
-                            s2 += dx * xr[k];
+                            dz[k] = da * g[k]; /* d xhat */
                         }
-                        const float rs = rstd[i * rows + r], m1 = s1 / (float)dn, m2 = s2 / (float)dn;
+                        const float rs = rstd[i * rows + r];
+                        const float m1 = row_sum(dz, dn) / (float)dn, m2 = row_dot(dz, xr, dn) / (float)dn;
 #pragma omp simd
                         for (int64_t k = 0; k < dn; ++k) {
                             dz[k] = rs * (dz[k] - m1 - xr[k] * m2); /* LayerNorm backward */
