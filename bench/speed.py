@@ -344,21 +344,25 @@ def main() -> None:
         flops = count_flops(model)
         # Each timed update is paired with a 2048^3 matmul rate taken just before it: on a shared VM the clock and
         # the neighbours move the rate by +-15% within a run, and the pair shares those conditions.
-        times, paired = [], []
+        times, paired, paired_rates = [], [], []
         for _ in range(reps):
             rate = max(matmul_rate(device, 2, shapes=("2048^3",)).values())
             times += timed(lambda: model.train(model.gradient_steps, model.batch_size), 1, device, 0)
             paired.append(flops / times[-1] / 1e9 / rate)
+            paired_rates.append(rate)
         seconds = statistics.median(times)
         achieved = flops / seconds / 1e9
         floor_s = flops / (floor_rate * 1e9)
         results[f"update_{preset}"] = dict(
-            seconds=seconds, gflop=flops / 1e9, gflops=achieved, floor_s=floor_s, paired_fraction=statistics.median(paired)
+            seconds=seconds, gflop=flops / 1e9, gflops=achieved, floor_s=floor_s, paired_fraction=statistics.median(paired),
+            times=times, paired_rates=paired_rates, paired_fractions=paired,
         )
         print(
             f"  {preset:<10} {seconds:10.3f} {flops / 1e9:9.1f} {achieved:8.1f} {achieved / floor_rate:9.0%} "
             f"{floor_s:8.3f} {floor_s / seconds:12.0%}"
         )
+        pairs = ", ".join(f"{t:.2f} s @ {r:.0f} = {f:.0%}" for t, r, f in zip(times, paired_rates, paired))
+        print(f"  {'':<10} pairs (update, 2048^3 GFLOP/s just before, fraction): {pairs}")
 
     for preset in ("reference", "cpu"):
         print(f"\n## Cost split of one env step ({preset} preset, seconds)")

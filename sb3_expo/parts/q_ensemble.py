@@ -176,4 +176,8 @@ class _NativeMSE(th.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         if grads is None:
             raise RuntimeError("the native critic loss supports one backward pass per forward (retain_graph is not supported)")
-        return (None, None, None, None, *(g.mul_(grad_loss) for g in grads))
+        # CPU only, so reading the scalar is no device sync; the usual loss.backward() passes exactly 1: no extra pass
+        if float(grad_loss) != 1.0:
+            for g in grads:
+                g.mul_(grad_loss)
+        return (None, None, None, None, *grads)
