@@ -81,6 +81,27 @@ def matmul_rate(device: th.device, repeats: int, shapes: tuple[str, ...] = ()) -
     return rates
 
 
+def sustained_matmul_rate(device: th.device, seconds: float) -> float:
+    """2048^3 float32 GEMMs back to back for about ``seconds``: total FLOPs / total time.
+
+    The rate a workload of that length can draw on. :func:`matmul_rate` keeps the best of a few ~70 ms products; on
+    this VM such bursts ran 1-10% above a 4-6 s loop of the same product (246-255 vs 228-244 GFLOP/s, alternated in
+    one process), so a seconds-long update is also compared with this rate, taken right after it.
+    """
+    a, b = th.randn(2048, 2048, device=device), th.randn(2048, 2048, device=device)
+    c = th.empty(2048, 2048, device=device)
+    th.mm(a, b, out=c)
+    _sync(device)
+    n, start = 0, _now()
+    while True:
+        th.mm(a, b, out=c)
+        _sync(device)
+        n += 1
+        elapsed = _now() - start
+        if elapsed >= seconds:
+            return n * 2 * 2048**3 / elapsed / 1e9
+
+
 SMOKE = False  # --smoke: every section runs on the tiny preset (checks that the script works, measures nothing)
 
 
@@ -342,27 +363,34 @@ def main() -> None:
         models[preset] = model
         model.train(model.gradient_steps, model.batch_size)  # warm-up (and compilation)
         flops = count_flops(model)
-        # Each timed update is paired with a 2048^3 matmul rate taken just before it: on a shared VM the clock and
+        # Each timed update is paired with a 2048^3 matmul rate taken just before it (best of two ~70 ms products)
+        # and with a sustained one taken just after it (a loop as long as the update): on a shared VM the clock and
         # the neighbours move the rate by +-15% within a run, and the pair shares those conditions.
-        times, paired, paired_rates = [], [], []
+        times, paired, paired_rates, sustained, sustained_rates = [], [], [], [], []
         for _ in range(reps):
             rate = max(matmul_rate(device, 2, shapes=("2048^3",)).values())
             times += timed(lambda: model.train(model.gradient_steps, model.batch_size), 1, device, 0)
             paired.append(flops / times[-1] / 1e9 / rate)
             paired_rates.append(rate)
+            sustained_rates.append(sustained_matmul_rate(device, 0.2 if SMOKE else max(1.0, times[-1])))
+            sustained.append(flops / times[-1] / 1e9 / sustained_rates[-1])
         seconds = statistics.median(times)
         achieved = flops / seconds / 1e9
         floor_s = flops / (floor_rate * 1e9)
         results[f"update_{preset}"] = dict(
             seconds=seconds, gflop=flops / 1e9, gflops=achieved, floor_s=floor_s, paired_fraction=statistics.median(paired),
             times=times, paired_rates=paired_rates, paired_fractions=paired,
+            sustained_fraction=statistics.median(sustained), sustained_rates=sustained_rates, sustained_fractions=sustained,
         )
         print(
             f"  {preset:<10} {seconds:10.3f} {flops / 1e9:9.1f} {achieved:8.1f} {achieved / floor_rate:9.0%} "
             f"{floor_s:8.3f} {floor_s / seconds:12.0%}"
         )
-        pairs = ", ".join(f"{t:.2f} s @ {r:.0f} = {f:.0%}" for t, r, f in zip(times, paired_rates, paired))
-        print(f"  {'':<10} pairs (update, 2048^3 GFLOP/s just before, fraction): {pairs}")
+        pairs = ", ".join(
+            f"{t:.2f} s: {r:.0f} = {f:.0%} / {rs:.0f} = {fs:.0%}"
+            for t, r, f, rs, fs in zip(times, paired_rates, paired, sustained_rates, sustained)
+        )
+        print(f"  {'':<10} each update: 2048^3 GFLOP/s burst before = fraction / sustained after = fraction: {pairs}")
 
     for preset in ("reference", "cpu"):
         print(f"\n## Cost split of one env step ({preset} preset, seconds)")
@@ -424,9 +452,10 @@ def main() -> None:
     results["matmul_gflops_end"] = rates_end
     ref = results["update_reference"]
     verdicts = {
-        "update / matmul rate taken beside it (median of pairs)": (ref["paired_fraction"], 0.9, "ge"),
+        "update / sustained matmul rate beside it (median of pairs)": (ref["sustained_fraction"], 0.9, "ge"),
+        "update / burst matmul rate beside it (median of pairs)": (ref["paired_fraction"], 0.9, "ge"),
         "update / best float32 matmul rate of the whole run": (ref["gflop"] / ref["seconds"] / best_rate, 0.9, "ge"),
-        "update / FLOP floor at the paired rate": (1.0 / ref["paired_fraction"], 1.5, "le"),
+        "update / FLOP floor at the paired burst rate": (1.0 / ref["paired_fraction"], 1.5, "le"),
         "update / FLOP floor at the best rate of the run": (ref["seconds"] / (ref["gflop"] / best_rate), 1.5, "le"),
         "acting p50 (reference preset, stochastic) under 10 ms": (results["acting_reference"]["stochastic_p50_ms"], 10.0, "lt"),
         "EXPO N=1 critic updates/s >= SB3 SAC 10 critics": (
@@ -436,7 +465,7 @@ def main() -> None:
     print(f"\n## Against the speed targets (best matmul rate of this run: {best_rate:.1f} GFLOP/s)")
     for k, (v, t, op) in verdicts.items():
         met = v >= t if op == "ge" else (v <= t if op == "le" else v < t)
-        print(f"  {k:<56} {v:8.2f}  (target {t:g})  {'met' if met else 'NOT met'}")
+        print(f"  {k:<60} {v:8.2f}  (target {t:g})  {'met' if met else 'NOT met'}")
 
     if args.json:
         with open(args.json, "w") as f:

@@ -187,3 +187,9 @@ def test_kernels_build_where_they_are_supported():
     if not supported:
         pytest.skip("not a platform the native kernels target")
     assert kernels.native_qensemble() is not None, kernels.status()
+
+
+def test_critic_loss_rejects_targets_of_another_shape():
+    ens, _ = _ensembles()
+    with pytest.raises(ValueError, match=r"targets must have shape \(8,\)"):
+        ens.mse_loss(th.randn(8, 4), th.randn(8, 3), th.randn(8, 1))  # (B, 1) would broadcast to (E, B, B)

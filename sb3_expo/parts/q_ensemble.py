@@ -145,6 +145,8 @@ class QEnsemble(nn.Module):
         :param targets: TD targets y, shape (B,), without gradient.
         """
         x = th.cat([obs, actions], dim=-1)
+        if targets.shape != x.shape[:1]:
+            raise ValueError(f"mse_loss: targets must have shape ({x.shape[0]},) (one per row), got {tuple(targets.shape)}")
         # checked first: under torch.compile nothing below may depend on the kernels' state (a guard would recompile)
         native = None if th.compiler.is_compiling() or x.device.type != "cpu" else native_qensemble()
         if (
