@@ -193,3 +193,23 @@ def test_critic_loss_rejects_targets_of_another_shape():
     ens, _ = _ensembles()
     with pytest.raises(ValueError, match=r"targets must have shape \(8,\)"):
         ens.mse_loss(th.randn(8, 4), th.randn(8, 3), th.randn(8, 1))  # (B, 1) would broadcast to (E, B, B)
+
+
+@needs_native
+def test_cached_layout_follows_the_parameters_and_survives_deepcopy():
+    import copy
+
+    ens, _ = _ensembles()
+    x = th.randn(20, 7)
+    before = native.score(ens, x, [0, 1])
+    with th.no_grad():
+        ens.weights[1].mul_(0.5)  # in place: same storage, new values
+    after = native.score(ens, x, [0, 1])
+    assert not th.equal(before, after)
+    twin = copy.deepcopy(ens)  # the ctypes tables are not part of the module
+    assert th.equal(native.score(twin, x, [0, 1]), after)
+    ens.double()
+    assert not kernels.NativeQEnsemble.supports(ens)  # new storage, float64: rebuilt and refused
+    ens.float()
+    assert kernels.NativeQEnsemble.supports(ens)
+    th.testing.assert_close(native.score(ens, x, [0, 1]), after)

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -232,6 +233,16 @@ class NativeDenoiser:
         return out
 
 
+_Q_LAYOUTS: "weakref.WeakKeyDictionary[th.nn.Module, _QLayout]" = weakref.WeakKeyDictionary()
+
+
+class _QLayout(NamedTuple):
+    key: tuple  # (id, data_ptr) of every parameter, in order
+    params: list  # weights, biases, LayerNorm weights, LayerNorm biases
+    ok: bool  # float32, contiguous, on the CPU, >= 2 layers, a 1-wide output
+    c_args: list  # n_layers, dims, W, b, lnw, lnb (empty when not ok)
+
+
 class NativeQEnsemble:
     """The Q-ensemble kernels over a :class:`~sb3_expo.parts.QEnsemble`'s stacked parameters (see :meth:`supports`).
 
@@ -246,29 +257,46 @@ class NativeQEnsemble:
         self._lib = lib
 
     @staticmethod
-    def supports(ensemble: th.nn.Module) -> bool:
-        """Contiguous float32 CPU parameters, at least one hidden layer, a 1-wide output and no active dropout."""
-        params = [*ensemble.weights, *ensemble.biases, *ensemble.ln_weights, *ensemble.ln_biases]
-        return (
-            len(ensemble.weights) >= 2
-            and ensemble.weights[-1].shape[-1] == 1
-            and not (ensemble.dropout > 0 and ensemble.training)
+    def _prepared(ensemble: th.nn.Module) -> "_QLayout":
+        """The ensemble's parameters, whether their dtype/device/layout suit the kernels, and the C arguments from
+        ``n_layers`` to ``lnb``: cached on the ensemble, rebuilt when a parameter's storage changed (``.to()``,
+        ``.double()``, new parameters). Walking the ParameterLists and building the pointer tables each call cost
+        ~2 ms per critic update. The cache lives beside the module, not in it: deepcopy and pickling never meet
+        its ctypes pointers."""
+        tables = [
+            list(t._parameters.values())  # the ParameterLists' own dicts: indexing them one by one is slow
+            for t in (ensemble.weights, ensemble.biases, ensemble.ln_weights, ensemble.ln_biases)
+        ]
+        key = tuple((id(p), p.data_ptr()) for table in tables for p in table)
+        cached = _Q_LAYOUTS.get(ensemble)
+        if cached is not None and cached.key == key:
+            return cached
+        params = [p for table in tables for p in table]
+        weights = tables[0]
+        ok = (
+            len(weights) >= 2
+            and weights[-1].shape[-1] == 1
             and all(p.device.type == "cpu" and p.dtype == th.float32 and p.is_contiguous() for p in params)
         )
+        c_args: list = []
+        if ok:
+            dims = [weights[0].shape[1], *(w.shape[2] for w in weights)]
+            c_dims = ctypes.cast((ctypes.c_int64 * len(dims))(*dims), ctypes.c_void_p)
+            c_args = [len(weights), c_dims, *(_pointer_array(t) for t in tables)]
+        layout = _QLayout(key, params, ok, c_args)
+        _Q_LAYOUTS[ensemble] = layout
+        return layout
 
-    @staticmethod
-    def _layout(ensemble: th.nn.Module) -> list:
-        """The C arguments from ``n_layers`` to ``lnb`` (without the member arguments of the scoring kernel)."""
-        dims = [ensemble.weights[0].shape[1], *(w.shape[2] for w in ensemble.weights)]
-        c_dims = ctypes.cast((ctypes.c_int64 * len(dims))(*dims), ctypes.c_void_p)
-        tables = [list(ensemble.weights), list(ensemble.biases), list(ensemble.ln_weights), list(ensemble.ln_biases)]
-        return [len(ensemble.weights), c_dims, *(_pointer_array(t) for t in tables)]
+    @classmethod
+    def supports(cls, ensemble: th.nn.Module) -> bool:
+        """Contiguous float32 CPU parameters, at least one hidden layer, a 1-wide output and no active dropout."""
+        return cls._prepared(ensemble).ok and not (ensemble.dropout > 0 and ensemble.training)
 
     def score(self, ensemble: th.nn.Module, x: th.Tensor, members: Optional[list[int]] = None) -> th.Tensor:
         """Q values (len(members), rows) of the chosen members (all by default) for inputs ``x`` (rows, in)."""
         x = x.detach().float().contiguous()
         index = list(range(ensemble.n_critics)) if members is None else [int(m) for m in members]
-        n_layers, c_dims, w, b, lnw, lnb = self._layout(ensemble)
+        n_layers, c_dims, w, b, lnw, lnb = self._prepared(ensemble).c_args
         out = th.empty(len(index), x.shape[0], dtype=th.float32)
         if x.shape[0] == 0 or not index:
             return out
@@ -290,12 +318,12 @@ class NativeQEnsemble:
         x = x.detach().float().contiguous()
         y = y.detach().float().contiguous()
         rows, n_members = x.shape[0], ensemble.n_critics
-        params = [*ensemble.weights, *ensemble.biases, *ensemble.ln_weights, *ensemble.ln_biases]
-        grads = [th.empty(p.shape, dtype=th.float32) for p in params]
-        n_w, n_ln = len(ensemble.weights), len(ensemble.ln_weights)
+        layout = self._prepared(ensemble)
+        grads = [th.empty(p.shape, dtype=th.float32) for p in layout.params]
+        n_layers, c_dims, w, b, lnw, lnb = layout.c_args
+        n_w, n_ln = n_layers, n_layers - 1 if ensemble.layer_norm else 0
         grad_tables = [grads[:n_w], grads[n_w : 2 * n_w], grads[2 * n_w : 2 * n_w + n_ln], grads[2 * n_w + n_ln :]]
         q = th.empty(n_members, rows, dtype=th.float32)
-        n_layers, c_dims, w, b, lnw, lnb = self._layout(ensemble)
         rc = self._lib.expo_qtrain_f32(
             rows, n_layers, c_dims, n_members, w, b, lnw, lnb, int(ensemble.layer_norm), float(ensemble.ln_eps),
             x.data_ptr(), y.data_ptr(), 2.0 / (n_members * rows), th.get_num_threads(), q.data_ptr(),
