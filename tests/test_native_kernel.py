@@ -39,8 +39,9 @@ def _float64_reference(base: DiffusionBasePolicy, obs: th.Tensor, noise: th.Tens
 @needs_native
 @pytest.mark.parametrize("layer_norm,clip", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("rows", [1, 8, 300])  # one row, acting-sized, and a padded last tile
-def test_native_chain_matches_the_float64_module_path(layer_norm, clip, rows, monkeypatch):
-    base = _policy(layer_norm, clip)
+@pytest.mark.parametrize("hidden", [32, 64])  # widths off and on the AVX-512 row-reduction path
+def test_native_chain_matches_the_float64_module_path(layer_norm, clip, rows, hidden, monkeypatch):
+    base = _policy(layer_norm, clip, hidden=hidden)
     base.native_tile_rows = 64
     obs, noise = th.randn(rows, 5), th.randn(base.n_diffusion_steps, rows, 3)
     with th.no_grad():

@@ -35,8 +35,9 @@ def _params(ens: QEnsemble) -> list[th.Tensor]:
 @pytest.mark.parametrize("layer_norm", [True, False])
 @pytest.mark.parametrize("rows", [1, 16, 300])  # one row, acting-sized, a padded last tile
 @pytest.mark.parametrize("members", [[4, 0], [2], None])
-def test_native_scoring_matches_the_float64_module_path(layer_norm, rows, members, monkeypatch):
-    ens, ref = _ensembles(layer_norm, n_critics=5)
+@pytest.mark.parametrize("net_arch", [(32, 24), (64, 128)])  # widths off and on the AVX-512 row-reduction path
+def test_native_scoring_matches_the_float64_module_path(layer_norm, rows, members, net_arch, monkeypatch):
+    ens, ref = _ensembles(layer_norm, n_critics=5, net_arch=net_arch)
     monkeypatch.setattr(kernels.NativeQEnsemble, "score_tile_rows", 64)
     obs, act = th.randn(rows, 4), th.randn(rows, 3)
     index = None if members is None else th.tensor(members)
@@ -60,8 +61,9 @@ def test_member_loop_takes_the_native_scorer(monkeypatch):
 @needs_native
 @pytest.mark.parametrize("layer_norm", [True, False])
 @pytest.mark.parametrize("n_critics,rows", [(1, 5), (3, 37), (10, 256)])
-def test_native_critic_loss_and_gradients_match_float64_autograd(layer_norm, n_critics, rows):
-    ens, ref = _ensembles(layer_norm, n_critics)
+@pytest.mark.parametrize("net_arch", [(32, 24), (64, 128)])  # widths off and on the AVX-512 row-reduction path
+def test_native_critic_loss_and_gradients_match_float64_autograd(layer_norm, n_critics, rows, net_arch):
+    ens, ref = _ensembles(layer_norm, n_critics, net_arch)
     obs, act, y = th.randn(rows, 4), th.randn(rows, 3), 3 * th.randn(rows)
     loss, q = ens.mse_loss(obs, act, y)
     assert type(loss.grad_fn).__name__ == "_NativeMSEBackward", "the native path was not taken"

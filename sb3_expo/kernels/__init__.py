@@ -343,11 +343,12 @@ def _self_check(native: NativeDenoiser, native_q: NativeQEnsemble) -> None:
     from sb3_expo.parts.diffusion import DiffusionBasePolicy  # here: diffusion.py imports this module
 
     generator = th.Generator().manual_seed(0)
-    policy = DiffusionBasePolicy(3, 2, 3, net_kwargs=dict(hidden_dim=32, n_blocks=2, time_dim=8))
+    # hidden 64: the AVX-512 row reductions (the production width, 256, takes the same path)
+    policy = DiffusionBasePolicy(3, 2, 3, net_kwargs=dict(hidden_dim=64, n_blocks=2, time_dim=8))
     with th.no_grad():
         for p in policy.parameters():
             p.add_(0.1 * th.randn(p.shape, generator=generator))
-    reference_policy = DiffusionBasePolicy(3, 2, 3, net_kwargs=dict(hidden_dim=32, n_blocks=2, time_dim=8)).double()
+    reference_policy = DiffusionBasePolicy(3, 2, 3, net_kwargs=dict(hidden_dim=64, n_blocks=2, time_dim=8)).double()
     reference_policy.load_state_dict(policy.state_dict())
     policy.native_tile_rows = 16
     for rows in (37, 4):  # row tiles (a padded last tile) and, with several threads, the column split
@@ -369,11 +370,11 @@ def _self_check_qensemble(native: NativeQEnsemble, generator: th.Generator) -> N
     """The Q-ensemble kernels against a float64 autograd run of :class:`~sb3_expo.parts.QEnsemble`."""
     from sb3_expo.parts.q_ensemble import QEnsemble
 
-    ensemble = QEnsemble(5, n_critics=3, net_arch=(32, 24))
+    ensemble = QEnsemble(5, n_critics=3, net_arch=(64, 24))  # 64: the AVX-512 row path; 24: the scalar one
     with th.no_grad():
         for p in ensemble.parameters():
             p.add_(0.1 * th.randn(p.shape, generator=generator))
-    reference = QEnsemble(5, n_critics=3, net_arch=(32, 24)).double()
+    reference = QEnsemble(5, n_critics=3, net_arch=(64, 24)).double()
     reference.load_state_dict(ensemble.state_dict())
     x, y = th.randn(37, 5, generator=generator), th.randn(37, generator=generator)
     scores = native.score(ensemble, x, [2, 0])
