@@ -73,7 +73,7 @@ class EXPOPolicy(BasePolicy):
     :param features_extractor_kwargs: its kwargs.
     :param normalize_images: divide image observations by 255.
     :param optimizer_class: optimiser of the critic, edit policy and temperature (Adam).
-    :param optimizer_kwargs: its extra kwargs.
+    :param optimizer_kwargs: its extra kwargs (Adam / AdamW get ``fused=True`` unless these pick an implementation).
     """
 
     base_policy: DiffusionBasePolicy
