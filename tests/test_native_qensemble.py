@@ -215,3 +215,16 @@ def test_cached_layout_follows_the_parameters_and_survives_deepcopy():
     ens.float()
     assert kernels.NativeQEnsemble.supports(ens)
     th.testing.assert_close(native.score(ens, x, [0, 1]), after)
+
+
+@needs_native
+def test_direct_kernel_calls_reject_bad_input():
+    ens, _ = _ensembles()
+    with pytest.raises(IndexError, match="out of range"):
+        native.score(ens, th.randn(4, 7), [3])  # 3 critics: members 0..2
+    with pytest.raises(ValueError, match=r"inputs must be \(rows, 7\)"):
+        native.score(ens, th.randn(4, 6))
+    with pytest.raises(ValueError, match=r"targets must have shape \(4,\)"):
+        native.mse_step(ens, th.randn(4, 7), th.randn(5))
+    with pytest.raises(ValueError, match="float32 CPU parameters"):
+        native.score(ens.double(), th.randn(4, 7))

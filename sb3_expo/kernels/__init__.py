@@ -288,6 +288,17 @@ class NativeQEnsemble:
         return layout
 
     @classmethod
+    def _checked(cls, ensemble: th.nn.Module, x: th.Tensor) -> "_QLayout":
+        layout = cls._prepared(ensemble)
+        if not layout.ok:
+            raise ValueError("native Q ensemble: needs contiguous float32 CPU parameters, >= 1 hidden layer and a "
+                             "1-wide output (see NativeQEnsemble.supports); use the module's forward otherwise")
+        if x.dim() != 2 or x.shape[1] != ensemble.weights[0].shape[1]:
+            raise ValueError(f"native Q ensemble: inputs must be (rows, {ensemble.weights[0].shape[1]}), got "
+                             f"{tuple(x.shape)}")
+        return layout
+
+    @classmethod
     def supports(cls, ensemble: th.nn.Module) -> bool:
         """Contiguous float32 CPU parameters, at least one hidden layer, a 1-wide output and no active dropout."""
         return cls._prepared(ensemble).ok and not (ensemble.dropout > 0 and ensemble.training)
@@ -296,7 +307,9 @@ class NativeQEnsemble:
         """Q values (len(members), rows) of the chosen members (all by default) for inputs ``x`` (rows, in)."""
         x = x.detach().float().contiguous()
         index = list(range(ensemble.n_critics)) if members is None else [int(m) for m in members]
-        n_layers, c_dims, w, b, lnw, lnb = self._prepared(ensemble).c_args
+        if any(not 0 <= m < ensemble.n_critics for m in index):
+            raise IndexError(f"native Q ensemble: members {index} out of range for {ensemble.n_critics} critics")
+        n_layers, c_dims, w, b, lnw, lnb = self._checked(ensemble, x).c_args
         out = th.empty(len(index), x.shape[0], dtype=th.float32)
         if x.shape[0] == 0 or not index:
             return out
@@ -318,7 +331,9 @@ class NativeQEnsemble:
         x = x.detach().float().contiguous()
         y = y.detach().float().contiguous()
         rows, n_members = x.shape[0], ensemble.n_critics
-        layout = self._prepared(ensemble)
+        if y.shape != (rows,):
+            raise ValueError(f"native Q ensemble: targets must have shape ({rows},), got {tuple(y.shape)}")
+        layout = self._checked(ensemble, x)
         grads = [th.empty(p.shape, dtype=th.float32) for p in layout.params]
         n_layers, c_dims, w, b, lnw, lnb = layout.c_args
         n_w, n_ln = n_layers, n_layers - 1 if ensemble.layer_norm else 0
