@@ -35,7 +35,7 @@ import torch as th
 __all__ = ["native_denoiser", "native_qensemble", "set_enabled", "status", "NativeDenoiser", "NativeQEnsemble", "Chain"]
 
 _SOURCES = (Path(__file__).with_name("denoise_cpu.c"), Path(__file__).with_name("qensemble_cpu.c"))
-_HEADERS = (Path(__file__).with_name("row_ops.h"),)
+_HEADERS = (Path(__file__).with_name("row_ops.h"), Path(__file__).with_name("team.h"))
 _lock = threading.Lock()
 _state: dict = {"lib": None, "q": None, "tried": False, "reason": "not built yet", "enabled": None}
 
@@ -297,6 +297,11 @@ class NativeQEnsemble:
             raise ValueError(f"native Q ensemble: inputs must be (rows, {ensemble.weights[0].shape[1]}), got "
                              f"{tuple(x.shape)}")
         return layout
+
+    @classmethod
+    def parameters_of(cls, ensemble: th.nn.Module) -> list[th.Tensor]:
+        """The parameters in the kernels' order (weights, biases, LayerNorm weights, LayerNorm biases), cached."""
+        return cls._prepared(ensemble).params
 
     @classmethod
     def supports(cls, ensemble: th.nn.Module) -> bool:

@@ -27,6 +27,7 @@
 #include <omp.h>
 
 #include "row_ops.h"
+#include "team.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -40,10 +41,6 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
                          const float *b, int ldb, float beta, float *c, int ldc);
 /* Fortran interface (the C one is not exported): MKL threads of the calling thread only. */
 int mkl_set_num_threads_local(const int *n_threads);
-
-#define ALIGN 64
-
-static void *alloc_aligned(size_t bytes) { return aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN); }
 
 /* A thread's buffers (free(NULL) is a no-op: also after a failed allocation). */
 static void free_buffers(float *stream, float *normed, float *hidden, float *x, float *zeros) {
@@ -173,18 +170,12 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
     {
         const int one = 1, zero = 0;
         mkl_set_num_threads_local(&one); /* the team is the parallelism: each GEMM runs on its own thread */
-        float *stream = alloc_aligned(sizeof(float) * tile * H); /* residual stream of the tile */
-        float *normed = alloc_aligned(sizeof(float) * tile * H); /* LN(stream), the fc1 input */
-        float *hidden = alloc_aligned(sizeof(float) * tile * F); /* the 4x-wide layer */
-        float *x = alloc_aligned(sizeof(float) * tile * A);      /* a_t */
+        float *stream = alloc_floats(tile * H); /* residual stream of the tile */
+        float *normed = alloc_floats(tile * H); /* LN(stream), the fc1 input */
+        float *hidden = alloc_floats(tile * F); /* the 4x-wide layer */
+        float *x = alloc_floats(tile * A);      /* a_t */
         float *zeros = calloc((size_t)H, sizeof(float));
-        if (!stream || !normed || !hidden || !x || !zeros) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        /* every thread sees the same `failed` here: all enter the worksharing loop below, or none does */
-        if (!failed) {
+        if (team_ready(stream && normed && hidden && x && zeros, &failed)) {
             /* padding rows of the last tile hold zeros, never NaN */
             memset(stream, 0, sizeof(float) * tile * H);
             memset(normed, 0, sizeof(float) * tile * H);
@@ -241,7 +232,7 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
         F += part_cols[j];
         max_cols = part_cols[j] > max_cols ? part_cols[j] : max_cols;
     }
-    float *partials = alloc_aligned(sizeof(float) * n_parts * M * H);
+    float *partials = alloc_floats(n_parts * M * H);
     if (!partials) return 2;
     int failed = 0;
     if (n_threads < 1) n_threads = 1;
@@ -250,18 +241,12 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
         const int one = 1, zero = 0;
         mkl_set_num_threads_local(&one);
         const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-        float *stream = alloc_aligned(sizeof(float) * M * H);
-        float *normed = alloc_aligned(sizeof(float) * M * H);
-        float *hidden = alloc_aligned(sizeof(float) * M * max_cols);
-        float *x = alloc_aligned(sizeof(float) * M * A);
+        float *stream = alloc_floats(M * H);
+        float *normed = alloc_floats(M * H);
+        float *hidden = alloc_floats(M * max_cols);
+        float *x = alloc_floats(M * A);
         float *zeros = calloc((size_t)H, sizeof(float));
-        int ok = stream && normed && hidden && x && zeros;
-        if (!ok) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        if (!failed) {
+        if (team_ready(stream && normed && hidden && x && zeros, &failed)) {
             memcpy(x, noise, sizeof(float) * M * A);
             for (int64_t t = T - 1; t >= 0; --t) {
                 first_dense(stream, obs_term, time_terms + t * H, x, w_action, M, A, H);

@@ -22,6 +22,7 @@
 #include <omp.h>
 
 #include "row_ops.h"
+#include "team.h"
 
 /* MKL entry points (LP64) that torch's x86 CPU build exports from libtorch_cpu; sgemm_ is the Fortran interface
  * (column-major; the C one is not exported). */
@@ -35,13 +36,6 @@ void sgemm_(const char *transa, const char *transb, const int *m, const int *n, 
             const float *a, const int *lda, const float *b, const int *ldb, const float *beta, float *c,
             const int *ldc);
 int mkl_set_num_threads_local(const int *n_threads);
-
-#define ALIGN 64
-
-static void *alloc_floats(int64_t n) {
-    const size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
-    return aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
-}
 
 /* Row-major C (M x N) = op(A) op(B) + beta C through the column-major sgemm_ (C^T = op(B)^T op(A)^T). */
 static void gemm(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
@@ -120,13 +114,7 @@ int expo_qscore_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
         const int one = 1, zero = 0;
         mkl_set_num_threads_local(&one); /* the team is the parallelism: each GEMM runs on its own thread */
         float *xin = alloc_floats(tile * d0), *za = alloc_floats(tile * dmax), *hb = alloc_floats(tile * dmax);
-        if (!xin || !za || !hb) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        /* every thread sees the same `failed` here: all enter the worksharing loops below, or none does */
-        if (!failed) {
+        if (team_ready(xin && za && hb, &failed)) {
 #pragma omp for schedule(static)
             for (int64_t u = 0; u < n_packed; ++u) {
                 const int64_t j = u / n_hidden, i = u % n_hidden, m = members[j];
@@ -185,12 +173,7 @@ int expo_qtrain_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
         mkl_set_num_threads_local(&one);
         float *acts = alloc_floats(act), *rstd = alloc_floats(n_hidden * rows), *dq = alloc_floats(rows);
         float *buf_a = alloc_floats(rows * dmax), *buf_b = alloc_floats(rows * dmax);
-        if (!acts || !rstd || !dq || !buf_a || !buf_b) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        if (!failed) {
+        if (team_ready(acts && rstd && dq && buf_a && buf_b, &failed)) {
 #pragma omp for schedule(static)
             for (int64_t m = 0; m < n_members; ++m) {
                 /* forward: z_i = h_{i-1} W_i;  h_i = relu(LN(z_i + b_i) g_i + beta_i) */

@@ -144,20 +144,20 @@ class QEnsemble(nn.Module):
 
         :param targets: TD targets y, shape (B,), without gradient.
         """
-        x = th.cat([obs, actions], dim=-1)
-        if targets.shape != x.shape[:1]:
-            raise ValueError(f"mse_loss: targets must have shape ({x.shape[0]},) (one per row), got {tuple(targets.shape)}")
+        if targets.shape != obs.shape[:1]:
+            raise ValueError(f"mse_loss: targets must have shape ({obs.shape[0]},) (one per row), got {tuple(targets.shape)}")
         # checked first: under torch.compile nothing below may depend on the kernels' state (a guard would recompile)
-        native = None if th.compiler.is_compiling() or x.device.type != "cpu" else native_qensemble()
+        native = None if th.compiler.is_compiling() or obs.device.type != "cpu" else native_qensemble()
         if (
             native is not None
             and th.is_grad_enabled()
-            and not x.requires_grad  # a trainable features extractor needs dL/dx: the autograd path gives it
-            and x.dtype == th.float32
+            # a trainable features extractor needs dL/d(features): the autograd path gives it
+            and not (obs.requires_grad or actions.requires_grad)
+            and obs.dtype == actions.dtype == th.float32
             and NativeQEnsemble.supports(self)
         ):
-            params = [*self.weights, *self.biases, *self.ln_weights, *self.ln_biases]
-            return _NativeMSE.apply(native, self, x, targets, *params)
+            x = th.cat([obs, actions], dim=-1)
+            return _NativeMSE.apply(native, self, x, targets, *NativeQEnsemble.parameters_of(self))
         qs = self(obs, actions)
         return (qs - targets).pow(2).mean(), qs.detach()
 
