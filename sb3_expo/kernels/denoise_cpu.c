@@ -180,7 +180,9 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
             memset(stream, 0, sizeof(float) * tile * H);
             memset(normed, 0, sizeof(float) * tile * H);
             memset(x, 0, sizeof(float) * tile * A);
-#pragma omp for schedule(static)
+            /* dynamic: on a shared VM one vCPU can lose time to a neighbour, and the other then takes more tiles
+             * instead of waiting at the end (rows are independent: the result does not depend on who takes a tile) */
+#pragma omp for schedule(dynamic, 1)
             for (int64_t ti = 0; ti < n_tiles; ++ti) {
                 const int64_t r0 = ti * tile, rows = M - r0 < tile ? M - r0 : tile;
                 memcpy(x, noise + r0 * A, sizeof(float) * rows * A);

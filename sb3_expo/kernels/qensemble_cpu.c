@@ -121,7 +121,7 @@ int expo_qscore_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
                 cblas_sgemm_pack(kRowMajor, kBMatrix, kNoTrans, (int)tile, (int)dims[i + 1], (int)dims[i], 1.0f,
                                  W[i] + m * dims[i] * dims[i + 1], (int)dims[i + 1], packed[u]);
             }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1) /* units are independent: dynamic only balances a busy vCPU */
             for (int64_t u = 0; u < n_tiles * n_members; ++u) {
                 const int64_t t = u / n_members, j = u % n_members, m = members[j];
                 const int64_t r0 = t * tile, n = rows - r0 < tile ? rows - r0 : tile;
@@ -174,7 +174,7 @@ int expo_qtrain_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
         float *acts = alloc_floats(act), *rstd = alloc_floats(n_hidden * rows), *dq = alloc_floats(rows);
         float *buf_a = alloc_floats(rows * dmax), *buf_b = alloc_floats(rows * dmax);
         if (team_ready(acts && rstd && dq && buf_a && buf_b, &failed)) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1) /* members are independent: dynamic only balances a busy vCPU */
             for (int64_t m = 0; m < n_members; ++m) {
                 /* forward: z_i = h_{i-1} W_i;  h_i = relu(LN(z_i + b_i) g_i + beta_i) */
                 float *xhat[n_hidden > 0 ? n_hidden : 1], *hid[n_hidden > 0 ? n_hidden : 1];
