@@ -133,8 +133,10 @@ def _load(path: Path) -> ctypes.CDLL:
     )
     lib.expo_denoise_cols_f32.restype = i32
     lib.expo_denoise_cols_f32.argtypes = [i64] * 6 + [ptr] * 5 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i32, ptr]
+    lib.expo_qscore_workspace_floats.restype = i64
+    lib.expo_qscore_workspace_floats.argtypes = [i64, i64, ptr, i64, i64]
     lib.expo_qscore_f32.restype = i32
-    lib.expo_qscore_f32.argtypes = [i64, i64, ptr, i64, ptr] + [ptr] * 4 + [i32, ctypes.c_float, ptr, i64, i32, ptr]
+    lib.expo_qscore_f32.argtypes = [i64, i64, ptr, i64, ptr] + [ptr] * 4 + [i32, ctypes.c_float, ptr, i64, i32, ptr, ptr]
     lib.expo_qtrain_f32.restype = i32
     lib.expo_qtrain_f32.argtypes = (
         [i64, i64, ptr, i64] + [ptr] * 4 + [i32, ctypes.c_float, ptr, ptr, ctypes.c_float, i32, ptr] + [ptr] * 4
@@ -255,6 +257,14 @@ class NativeQEnsemble:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
+        self._local = threading.local()  # per Python thread: concurrent calls never share a workspace
+
+    def _workspace(self, n_floats: int) -> th.Tensor:
+        """A float32 buffer of at least ``n_floats`` (64-byte aligned), kept across calls and grown when needed."""
+        buffer = getattr(self._local, "workspace", None)
+        if buffer is None or buffer.numel() < n_floats:
+            buffer = self._local.workspace = th.empty(max(n_floats, 16), dtype=th.float32)
+        return buffer
 
     @staticmethod
     def _prepared(ensemble: th.nn.Module) -> "_QLayout":
@@ -319,9 +329,13 @@ class NativeQEnsemble:
         if x.shape[0] == 0 or not index:
             return out
         c_members = ctypes.cast((ctypes.c_int64 * len(index))(*index), ctypes.c_void_p)
+        workspace = self._workspace(
+            self._lib.expo_qscore_workspace_floats(x.shape[0], n_layers, c_dims, len(index), self.score_tile_rows)
+        )
         rc = self._lib.expo_qscore_f32(
             x.shape[0], n_layers, c_dims, len(index), c_members, w, b, lnw, lnb, int(ensemble.layer_norm),
-            float(ensemble.ln_eps), x.data_ptr(), self.score_tile_rows, th.get_num_threads(), out.data_ptr(),
+            float(ensemble.ln_eps), x.data_ptr(), self.score_tile_rows, th.get_num_threads(), workspace.data_ptr(),
+            out.data_ptr(),
         )  # fmt: skip
         if rc != 0:
             raise MemoryError(f"native Q ensemble: could not allocate the scoring buffers ({x.shape[0]} rows)")
