@@ -48,6 +48,39 @@ def test_native_scoring_matches_the_float64_module_path(layer_norm, rows, member
 
 
 @needs_native
+def test_scoring_workspace_is_reused_across_sizes_and_private_to_each_thread():
+    """The packed weights live in a workspace kept between calls: calls of growing and shrinking sizes give the same
+    scores as a fresh kernel object, the buffer is not re-allocated when it is large enough, and two Python threads
+    scoring at once each get their own."""
+    import threading
+
+    ens, _ = _ensembles(n_critics=4, net_arch=(64, 128))
+    inputs = [th.randn(rows, 7) for rows in (300, 5, 1000, 64)]
+    fresh = [kernels.NativeQEnsemble(native._lib).score(ens, x, [3, 1]) for x in inputs]
+    scorer = kernels.NativeQEnsemble(native._lib)
+    for x, expected in zip(inputs, fresh):
+        assert th.equal(scorer.score(ens, x, [3, 1]), expected)
+    buffer = scorer._workspace(0)
+    scorer.score(ens, inputs[1], [3, 1])
+    assert scorer._workspace(0) is buffer  # large enough: kept, not re-allocated
+
+    results, buffers = {}, {}
+
+    def work(name: str) -> None:
+        results[name] = [scorer.score(ens, x, [0, 2]) for x in inputs for _ in range(3)]
+        buffers[name] = scorer._workspace(0)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = [native.score(ens, x, [0, 2]) for x in inputs for _ in range(3)]
+    assert all(th.equal(g, e) for name in "ab" for g, e in zip(results[name], expected))
+    assert buffers["a"] is not buffers["b"]
+
+
+@needs_native
 def test_member_loop_takes_the_native_scorer(monkeypatch):
     ens, _ = _ensembles()
     calls = []
