@@ -110,8 +110,8 @@ int64_t expo_qscore_workspace_floats(int64_t rows, int64_t n_layers, const int64
 /* Q values of `n_members` chosen members (indices `members`) for `rows` shared inputs x (rows, dims[0]):
  * out (n_members, rows). `workspace` (64-byte aligned, expo_qscore_workspace_floats() floats) holds the packed
  * weights; the caller keeps it across calls: allocating the ~1.5 MB afresh cost ~270 page faults per call (glibc
- * trims the freed heap top), 0.2-0.5 ms of a 1-2 ms call for the TD value of the chosen actions. NULL: allocated
- * here. Returns 0, or 2 when buffers could not be allocated. */
+ * trims the freed heap top), 0.2-0.5 ms of a 1-2 ms call for the TD value of the chosen actions. Returns 0, or 2
+ * when buffers could not be allocated. */
 int expo_qscore_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t n_members, const int64_t *members,
                     const float *const *W, const float *const *b, const float *const *lnw, const float *const *lnb,
                     int use_ln, float eps, const float *x, int64_t tile, int n_threads, float *workspace, float *out) {
@@ -122,16 +122,8 @@ int expo_qscore_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
     const int64_t n_tiles = (rows + tile - 1) / tile, n_packed = n_members * n_hidden;
     if (n_threads < 1) n_threads = 1;
     int failed = 0;
-    float *owned = NULL;
-    if (!workspace) {
-        workspace = owned = alloc_floats(expo_qscore_workspace_floats(rows, n_layers, dims, n_members, tile));
-        if (!owned) return 2;
-    }
     float **packed = calloc((size_t)(n_packed > 0 ? n_packed : 1), sizeof(float *));
-    if (!packed) {
-        free(owned);
-        return 2;
-    }
+    if (!packed) return 2;
     for (int64_t u = 0, offset = 0; u < n_packed; ++u) {
         packed[u] = workspace + offset;
         offset += packed_floats(dims, u % n_hidden, tile);
@@ -174,7 +166,6 @@ int expo_qscore_f32(int64_t rows, int64_t n_layers, const int64_t *dims, int64_t
         free(hb);
     }
     free(packed);
-    free(owned);
     return failed ? 2 : 0;
 }
 
