@@ -135,6 +135,21 @@ def count_flops(model: EXPO) -> float:
     return float(counter.get_total_flops())
 
 
+def performed_flops(model: EXPO, nominal: float) -> float:
+    """The matmul FLOPs the default CPU path actually runs: ``nominal`` minus the first block's fc1 GEMMs over the TD
+    target's candidate rows, plus the per-state, per-step and per-action products that replace them
+    (DiffusionBasePolicy._first_fc1_factors). Equal to ``nominal`` where the factorisation does not apply."""
+    base = model.policy.base_policy
+    n = model.otf_config.n_action_samples
+    if kernels.native_denoiser() is None or not base._factored(n) or model.device.type != "cpu":
+        return nominal
+    fc1 = base.net.blocks[0].fc1
+    states = model.gradient_steps * model.batch_size
+    steps, action_dim = base.n_diffusion_steps, base.action_dim
+    per_row = 2.0 * fc1.in_features * fc1.out_features
+    return nominal - steps * states * n * per_row + (states + steps + action_dim) * per_row
+
+
 def cost_split(model: EXPO, repeats: int) -> dict[str, float]:
     """Seconds per env step of each phase of the update, each timed on its own with the chosen clock."""
     G, B, device = model.gradient_steps, model.batch_size, model.device
@@ -227,6 +242,19 @@ def optimisation_ablations(model: EXPO, repeats: int) -> dict[str, float]:
         finally:
             model.mixed_precision = mixed_before
         model.candidate_chunk_rows = chunk_before
+        # the native kernel with the first block factored by state (default) vs its fc1 GEMM per row, alternated
+        if kernels.native_denoiser() is not None:
+            factored, per_row = [], []
+            for _ in range(max(2, repeats)):
+                factored += timed(lambda: model._next_candidates(data.next_observations), 1, device, 0)
+                DiffusionBasePolicy.native_factor_first_block = False
+                try:
+                    per_row += timed(lambda: model._next_candidates(data.next_observations), 1, device, 0)
+                finally:
+                    DiffusionBasePolicy.native_factor_first_block = True
+            out["candidates_native_factored_s"] = statistics.median(factored)
+            out["candidates_native_per_row_s"] = statistics.median(per_row)
+            out["candidates_factored_over_per_row"] = statistics.median([f / p for f, p in zip(factored, per_row)])
 
         # OTF argmax scoring of one minibatch's candidates by num_min_qs target critics: member loop vs batched
         candidates = model._next_candidates(data.next_observations[:B])
@@ -384,8 +412,12 @@ def main() -> None:
         seconds = statistics.median(times)
         achieved = flops / seconds / 1e9
         floor_s = flops / (floor_rate * 1e9)
+        performed = performed_flops(model, flops)
         results[f"update_{preset}"] = dict(
             seconds=seconds, gflop=flops / 1e9, gflops=achieved, floor_s=floor_s, paired_fraction=statistics.median(paired),
+            gflop_performed=performed / 1e9, gflops_performed=performed / seconds / 1e9,
+            paired_fraction_performed=statistics.median([p * performed / flops for p in paired]),
+            sustained_fraction_performed=statistics.median([p * performed / flops for p in sustained]),
             times=times, paired_rates=paired_rates, paired_fractions=paired,
             sustained_fraction=statistics.median(sustained), sustained_rates=sustained_rates, sustained_fractions=sustained,
         )
@@ -398,6 +430,11 @@ def main() -> None:
             for t, r, f, rs, fs in zip(times, paired_rates, paired, sustained_rates, sustained)
         )
         print(f"  {'':<10} each update: 2048^3 GFLOP/s burst before = fraction / sustained around = fraction: {each}")
+        if performed != flops:  # the algorithm's FLOPs above; what the kernels run here
+            r = results[f"update_{preset}"]
+            print(f"  {'':<10} matmul FLOPs actually run (first block factored by state): {performed / 1e9:.1f} GFLOP, "
+                  f"{performed / seconds / 1e9:.1f} GFLOP/s; of the burst / sustained rate beside each update "
+                  f"(median): {r['paired_fraction_performed']:.2f} / {r['sustained_fraction_performed']:.2f}")
 
     for preset in ("reference", "cpu"):
         print(f"\n## Cost split of one env step ({preset} preset, seconds)")
@@ -433,6 +470,10 @@ def main() -> None:
               f"PyTorch fused in-place chain {abl['candidates_torch_fused_s']:.3f} | default "
               f"({'native kernel' if kernels.native_denoiser() else 'PyTorch fused chain'}) "
               f"{abl['candidates_default_chunks_s']:.3f} | bf16 autocast (opt-in) {abl['candidates_bf16_autocast_s']:.3f}")
+        if "candidates_native_factored_s" in abl:
+            print(f"  [{preset}] TD candidates, native kernel, alternated: first block factored by state (default) "
+                  f"{abl['candidates_native_factored_s']:.3f} | its fc1 GEMM per row {abl['candidates_native_per_row_s']:.3f} "
+                  f"| ratio of pairs {abl['candidates_factored_over_per_row']:.3f}")
         print(f"  [{preset}] OTF argmax scoring, one minibatch: batched members {abl['select_batched_s'] * 1e3:.2f} ms | "
               f"member loop {abl['select_member_loop_s'] * 1e3:.2f} ms | default ({native_q}) {abl['select_default_s'] * 1e3:.2f} ms")
         print(f"  [{preset}] Q ensemble fwd+bwd (batch {models[preset].batch_size}): loop over critics "
@@ -473,6 +514,12 @@ def main() -> None:
     for k, (v, t, op) in verdicts.items():
         met = v >= t if op == "ge" else (v <= t if op == "le" else v < t)
         print(f"  {k:<60} {v:8.2f}  (target {t:g})  {'met' if met else 'NOT met'}")
+    if ref["gflop_performed"] != ref["gflop"]:  # the GEMM efficiency behind the readings above, for reference
+        results["efficiency_on_flops_run"] = dict(
+            burst=ref["paired_fraction_performed"], sustained=ref["sustained_fraction_performed"]
+        )
+        print("  (the same readings on the matmul FLOPs the kernels actually run, not a target: burst "
+              f"{ref['paired_fraction_performed']:.2f}, sustained {ref['sustained_fraction_performed']:.2f})")
 
     if args.json:
         with open(args.json, "w") as f:

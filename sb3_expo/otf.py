@@ -52,7 +52,7 @@ def draw_candidates(
     :return: candidates, shape (B, K, action_dim): ``[:, :N]`` base actions, ``[:, N:]`` their edits.
     """
     batch, n = base_features.shape[0], config.n_action_samples
-    base_actions = base_policy.sample(base_features.repeat_interleave(n, dim=0), generator=generator, noise=base_noise)
+    base_actions = base_policy.sample(base_features, generator=generator, noise=base_noise, repeats=n)
     base_actions = base_actions.view(batch, n, -1)
     if not config.uses_edit_policy:
         return base_actions

@@ -129,10 +129,12 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.expo_pack_b.argtypes = [i32, i32, i32, ptr, i32, ptr]
     lib.expo_denoise_f32.restype = i32
     lib.expo_denoise_f32.argtypes = (
-        [i64] * 6 + [ptr] * 4 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i64, i32, ptr]
+        [i64] * 6 + [ptr] * 4 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i64, i32, ptr, i64, ptr, ptr, ptr]
     )
     lib.expo_denoise_cols_f32.restype = i32
-    lib.expo_denoise_cols_f32.argtypes = [i64] * 6 + [ptr] * 5 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i32, ptr]
+    lib.expo_denoise_cols_f32.argtypes = (
+        [i64] * 6 + [ptr] * 5 + [i32, ctypes.c_float] + [ptr] * 8 + [i32, i32, ptr, i64]
+    )
     lib.expo_qscore_workspace_floats.restype = i64
     lib.expo_qscore_workspace_floats.argtypes = [i64, i64, ptr, i64, i64]
     lib.expo_qscore_f32.restype = i32
@@ -156,7 +158,8 @@ def _pointer_array(tensors: list[th.Tensor]) -> ctypes.c_void_p:
 class Chain(NamedTuple):
     """What both kernels take besides the packed block weights (contiguous float32 CPU tensors).
 
-    Shapes: ``noise`` (T, M, A), ``noise[0]`` = a_T; ``obs_term`` (M, H); ``time_terms`` (T, H), the first Dense's bias
+    Shapes: ``noise`` (T, M, A), ``noise[0]`` = a_T; ``obs_term`` (M, H), or (M / repeats, H) for
+    :meth:`NativeDenoiser.denoise` with ``repeats``; ``time_terms`` (T, H), the first Dense's bias
     included; ``w_action`` (A, H); ``b1`` (blocks, 4H) with the LayerNorm shift folded in; ``b2`` (blocks, H);
     ``w_out`` (A, H), the output Dense's weight; ``step_scale`` = k_t and ``step_eps`` = k_t c_t, (T,); ``shift``
     (T, M, A) = sigma_t z_t - k_t c_t bo.
@@ -185,6 +188,22 @@ class Chain(NamedTuple):
         ]  # fmt: skip
 
 
+def _first_fc1_args(
+    chain: Chain, rows: int, repeats: int, first_fc1: Optional[tuple[th.Tensor, th.Tensor, th.Tensor]]
+) -> list[int]:
+    """Checks the per-state shapes (a wrong one would read out of bounds) and returns the factors' pointers."""
+    states = chain.obs_term.shape[0]
+    if repeats < 1 or states * repeats != rows:
+        raise ValueError(f"obs_term has {states} rows: {rows} rows / {repeats} repeats expected")
+    if first_fc1 is None:
+        return [0, 0, 0]
+    expanded, n_steps, action_dim = chain.b1.shape[1], chain.noise.shape[0], chain.noise.shape[2]
+    expected = [(states, expanded), (n_steps, expanded), (action_dim, expanded)]
+    if [tuple(f.shape) for f in first_fc1] != expected or not all(f.is_contiguous() for f in first_fc1):
+        raise ValueError(f"first_fc1 factors must be contiguous with shapes {expected}")
+    return _pointers(*first_fc1)
+
+
 class NativeDenoiser:
     """Thin typed wrapper over the shared library (all tensors: contiguous float32 on the CPU)."""
 
@@ -203,32 +222,53 @@ class NativeDenoiser:
         self._lib.expo_pack_b(tile, n, k, weight.data_ptr(), weight.stride(0), dest.data_ptr())
         return dest
 
-    def denoise(self, chain: Chain, packed_w1: list[th.Tensor], packed_w2: list[th.Tensor], tile: int) -> th.Tensor:
-        """Row tiles: each thread takes ``tile`` rows through the whole chain (weights packed for ``tile`` rows)."""
+    def denoise(
+        self,
+        chain: Chain,
+        packed_w1: list[th.Tensor],
+        packed_w2: list[th.Tensor],
+        tile: int,
+        repeats: int = 1,
+        first_fc1: Optional[tuple[th.Tensor, th.Tensor, th.Tensor]] = None,
+    ) -> th.Tensor:
+        """Row tiles: each thread takes ``tile`` rows through the whole chain (weights packed for ``tile`` rows).
+
+        :param repeats: rows per state: row r's obs term is ``chain.obs_term[r // repeats]``.
+        :param first_fc1: ``(fc1_state (M / repeats, 4H), fc1_time (T, 4H), fc1_action (A, 4H))``, the first block's
+            fc1 factored by state, step and action (see ``expo_denoise_f32``); ``None`` runs its GEMM.
+        """
         n_steps, rows, action_dim = chain.noise.shape
         hidden_dim, expanded_dim = chain.obs_term.shape[1], chain.b1.shape[1]
+        fc1 = _first_fc1_args(chain, rows, repeats, first_fc1)
         out = th.empty(rows, action_dim, dtype=th.float32)
         rc = self._lib.expo_denoise_f32(
             n_steps, rows, action_dim, hidden_dim, expanded_dim, len(packed_w1),
-            *chain.c_args(packed_w1, packed_w2), tile, th.get_num_threads(), out.data_ptr(),
+            *chain.c_args(packed_w1, packed_w2), tile, th.get_num_threads(), out.data_ptr(), repeats, *fc1,
         )  # fmt: skip
         if rc != 0:
             raise MemoryError(f"native denoiser: could not allocate its per-thread buffers (tile={tile} rows)")
         return out
 
     def denoise_columns(
-        self, chain: Chain, packed_w1: list[th.Tensor], packed_w2: list[th.Tensor], part_cols: list[int]
+        self,
+        chain: Chain,
+        packed_w1: list[th.Tensor],
+        packed_w2: list[th.Tensor],
+        part_cols: list[int],
+        repeats: int = 1,
     ) -> th.Tensor:
         """The few-rows variant: the 4x-wide layer split by columns over the threads (``packed_w1[j * n_blocks + b]``
-        holds part j of block b, packed for ``rows`` rows)."""
+        holds part j of block b, packed for ``rows`` rows); ``repeats`` as in :meth:`denoise` (the first block is
+        not factored here)."""
         n_steps, rows, action_dim = chain.noise.shape
+        _first_fc1_args(chain, rows, repeats, None)
         out = th.empty(rows, action_dim, dtype=th.float32)
         n_parts = len(part_cols)
         cols = (ctypes.c_int64 * n_parts)(*part_cols)
         rc = self._lib.expo_denoise_cols_f32(
             n_steps, rows, action_dim, chain.obs_term.shape[1], len(packed_w1) // n_parts, n_parts,
             ctypes.cast(cols, ctypes.c_void_p), *chain.c_args(packed_w1, packed_w2), th.get_num_threads(),
-            out.data_ptr(),
+            out.data_ptr(), repeats,
         )  # fmt: skip
         if rc != 0:
             raise MemoryError(f"native denoiser: could not allocate its buffers ({rows} rows)")
@@ -385,15 +425,18 @@ def _self_check(native: NativeDenoiser, native_q: NativeQEnsemble) -> None:
     reference_policy = DiffusionBasePolicy(3, 2, 3, net_kwargs=dict(hidden_dim=64, n_blocks=2, time_dim=8)).double()
     reference_policy.load_state_dict(policy.state_dict())
     policy.native_tile_rows = 16
-    for rows in (37, 4):  # row tiles (a padded last tile) and, with several threads, the column split
-        obs = th.randn(rows, 3, generator=generator)
+    # row tiles (a padded last tile), the same with the first block factored by state (states straddle tiles) and,
+    # with several threads, the column split
+    for states, repeats in ((37, 1), (13, 3), (1, 4)):
+        rows = states * repeats
+        obs = th.randn(states, 3, generator=generator)
         noise = th.randn(3, rows, 2, generator=generator)
         with th.no_grad():
             net = policy.net
             obs_term = net.in_obs(obs)
             time_terms = net.in_time(net.time_mlp(net.time_features(th.arange(3.0)[:, None])))
-            got = policy._denoise_native(native, noise, obs_term, time_terms)
-        expected = reference_policy.sample(obs.double(), noise=noise.double()).detach()
+            got = policy._denoise_native(native, noise, obs_term, time_terms, repeats)
+        expected = reference_policy.sample(obs.double().repeat_interleave(repeats, 0), noise=noise.double()).detach()
         error = (got.double() - expected).abs().max().item()
         if not error < 1e-4:  # also catches NaN
             raise RuntimeError(f"self-check failed: the native chain is off by {error:.3g} on {rows} rows")

@@ -115,12 +115,13 @@ static inline void bias_silu(float *out, const float *in, const float *restrict 
     for (; i < n; ++i) out[i] = silu_f(in[i] + bias[i]);
 }
 
-/* First Dense of `rows` rows: s = obs_term + time_term_t + a_t Wa (the bias is in time_term_t). */
-static void first_dense(float *stream, const float *obs_term, const float *tt, const float *x, const float *w_action,
-                        int64_t rows, int64_t A, int64_t H) {
+/* First Dense of `rows` rows starting at row r0: s = obs_term + time_term_t + a_t Wa (the bias is in time_term_t).
+ * Row r0 + r draws its obs term from state (r0 + r) / repeats (a state's samples are consecutive rows). */
+static void first_dense(float *stream, const float *obs_term, int64_t r0, int64_t repeats, const float *tt,
+                        const float *x, const float *w_action, int64_t rows, int64_t A, int64_t H) {
     for (int64_t r = 0; r < rows; ++r) {
         float *restrict s = stream + r * H;
-        const float *restrict o = obs_term + r * H;
+        const float *restrict o = obs_term + ((r0 + r) / repeats) * H;
         for (int64_t h = 0; h < H; ++h) s[h] = o[h] + tt[h];
         for (int64_t a = 0; a < A; ++a) {
             const float xa = x[r * A + a];
@@ -130,14 +131,45 @@ static void first_dense(float *stream, const float *obs_term, const float *tt, c
     }
 }
 
+/* 1 / sqrt(var + eps) of one row, and its mean. */
+static inline float row_rstd(const float *restrict s, int64_t H, float eps, float *mean_out) {
+    const float mean = row_sum(s, H) / (float)H;
+    *mean_out = mean;
+    return 1.0f / sqrtf(row_sq_dev(s, mean, H) / (float)H + eps);
+}
+
 /* normed = (s - mean) / sqrt(var + eps) row by row; the LayerNorm affine is folded into W1, b1 by the caller. */
 static void layer_norm(float *normed, const float *stream, int64_t rows, int64_t H, float eps) {
     for (int64_t r = 0; r < rows; ++r) {
         const float *restrict s = stream + r * H;
         float *restrict o = normed + r * H;
-        const float mean = row_sum(s, H) / (float)H;
-        const float rstd = 1.0f / sqrtf(row_sq_dev(s, mean, H) / (float)H + eps);
+        float mean;
+        const float rstd = row_rstd(s, H, eps, &mean);
         for (int64_t h = 0; h < H; ++h) o[h] = (s[h] - mean) * rstd;
+    }
+}
+
+/* The first block's fc1 without its GEMM (see expo_denoise_f32): for each row,
+ *   hidden = (fc1_state[state] + fc1_time_t + a_t fc1_action) * rstd      (rstd = 1 without LayerNorm)
+ * i.e. LN(s) W1'^T with s = obs_term + time_term_t + a_t Wa expanded by linearity; b1 and the SiLU follow. */
+static void first_fc1(float *hidden, const float *stream, const float *fc1_state, int64_t r0, int64_t repeats,
+                      const float *fc1_time_t, const float *fc1_action, const float *x, int use_ln, float ln_eps,
+                      int64_t rows, int64_t A, int64_t H, int64_t F) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float *restrict h = hidden + r * F;
+        const float *restrict fs = fc1_state + ((r0 + r) / repeats) * F;
+        const float *restrict ft = fc1_time_t;
+        for (int64_t j = 0; j < F; ++j) h[j] = fs[j] + ft[j];
+        for (int64_t a = 0; a < A; ++a) {
+            const float xa = x[r * A + a];
+            const float *restrict fa = fc1_action + a * F;
+            for (int64_t j = 0; j < F; ++j) h[j] = fmaf(xa, fa[j], h[j]);
+        }
+        if (use_ln) {
+            float mean;
+            const float rstd = row_rstd(stream + r * H, H, ln_eps, &mean);
+            for (int64_t j = 0; j < F; ++j) h[j] *= rstd;
+        }
     }
 }
 
@@ -169,14 +201,25 @@ void expo_pack_b(int m, int n, int k, const float *w, int ld, float *dest) {
 }
 
 /* Returns 0 on success, 2 if a thread's buffers could not be allocated. Shapes: noise (T, M, A) with noise[0] = a_T;
- * obs_term (M, H); time_terms (T, H) incl. the first Dense's bias; w_action (A, H) = Wa; w1[b], w2[b] packed for
- * m = tile (W1 with the LN scale folded in); b1 (nb, F) (LN shift folded in); b2 (nb, H); w_out (A, H) = out.weight;
- * step_scale, step_eps (T); shift (T, M, A); x_out (M, A). */
+ * obs_term (M / repeats, H): row r belongs to state r / repeats (a state's `repeats` samples are consecutive rows);
+ * time_terms (T, H) incl. the first Dense's bias; w_action (A, H) = Wa; w1[b], w2[b] packed for m = tile (W1 with the
+ * LN scale folded in); b1 (nb, F) (LN shift folded in); b2 (nb, H); w_out (A, H) = out.weight; step_scale, step_eps
+ * (T); shift (T, M, A); x_out (M, A).
+ *
+ * First block without its fc1 GEMM (fc1_state != NULL). The first block's input is s = o + tt_t + a_t Wa: a row's
+ * state term o, the step's time term and a rank-A action term. Centring is linear, so with W1' = g * W1
+ *   LN(s) W1'^T = rstd(s) * (o_c W1'^T + tt_c W1'^T + a_t (Wa_c W1'^T))          (v_c: v minus its mean over H)
+ * and the caller computes the three products once per state, per step and per call: fc1_state (M / repeats, F),
+ * fc1_time (T, F), fc1_action (A, F) (uncentred without LayerNorm, and rstd = 1). Per row the 256 x 1024 GEMM of
+ * the first block becomes A + 2 multiply-adds per hidden unit. The same function in exact arithmetic; the rounding
+ * differs by the order of additions, like every other fused step here. */
 int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int64_t nb, const float *noise,
                      const float *obs_term, const float *time_terms, const float *w_action, int use_ln, float ln_eps,
                      const float *const *w1, const float *b1, const float *const *w2, const float *b2,
                      const float *w_out, const float *step_scale, const float *step_eps, const float *shift, int clip,
-                     int64_t tile, int n_threads, float *x_out) {
+                     int64_t tile, int n_threads, float *x_out, int64_t repeats, const float *fc1_state,
+                     const float *fc1_time, const float *fc1_action) {
+    if (repeats < 1) repeats = 1;
     const int64_t n_tiles = (M + tile - 1) / tile;
     int failed = 0;
     if (n_threads < 1) n_threads = 1;
@@ -193,6 +236,7 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
             /* padding rows of the last tile hold zeros, never NaN */
             memset(stream, 0, sizeof(float) * tile * H);
             memset(normed, 0, sizeof(float) * tile * H);
+            memset(hidden, 0, sizeof(float) * tile * F); /* first_fc1 writes only the tile's real rows */
             memset(x, 0, sizeof(float) * tile * A);
             /* dynamic: on a shared VM one vCPU can lose time to a neighbour, and the other then takes more tiles
              * instead of waiting at the end (rows are independent: the result does not depend on who takes a tile) */
@@ -201,15 +245,20 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
                 const int64_t r0 = ti * tile, rows = M - r0 < tile ? M - r0 : tile;
                 memcpy(x, noise + r0 * A, sizeof(float) * rows * A);
                 for (int64_t t = T - 1; t >= 0; --t) {
-                    first_dense(stream, obs_term + r0 * H, time_terms + t * H, x, w_action, rows, A, H);
+                    first_dense(stream, obs_term, r0, repeats, time_terms + t * H, x, w_action, rows, A, H);
                     for (int64_t b = 0; b < nb; ++b) {
-                        const float *gemm_in = stream;
-                        if (use_ln) {
-                            layer_norm(normed, stream, rows, H, ln_eps);
-                            gemm_in = normed;
+                        if (b == 0 && fc1_state) {
+                            first_fc1(hidden, stream, fc1_state, r0, repeats, fc1_time + t * F, fc1_action, x, use_ln,
+                                      ln_eps, rows, A, H, F);
+                        } else {
+                            const float *gemm_in = stream;
+                            if (use_ln) {
+                                layer_norm(normed, stream, rows, H, ln_eps);
+                                gemm_in = normed;
+                            }
+                            cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)tile, (int)F, (int)H, gemm_in,
+                                                (int)H, w1[b], (int)F, 0.0f, hidden, (int)F);
                         }
-                        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)tile, (int)F, (int)H, gemm_in, (int)H,
-                                            w1[b], (int)F, 0.0f, hidden, (int)F);
                         const float *restrict bb1 = b1 + b * F, *restrict bb2 = b2 + b * H;
                         for (int64_t r = 0; r < rows; ++r) {
                             bias_silu(hidden + r * F, hidden + r * F, bb1, F);
@@ -236,14 +285,17 @@ int expo_denoise_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t F, int6
  * part j holds fc1 rows [c_j, c_j + F_j) and fc2 columns [c_j, c_j + F_j) (w1[j * nb + b], w2[j * nb + b], packed for
  * m = M), and writes its partial fc2 product to partials[j]. Every thread keeps its own copy of the residual stream
  * and of a_t and applies the same arithmetic to them (the partials are summed in part order), so the copies stay
- * bit-identical and the only synchronisation is two barriers per block. Returns 0, or 2 on allocation failure. */
+ * bit-identical and the only synchronisation is two barriers per block. Returns 0, or 2 on allocation failure.
+ * `repeats`: as in expo_denoise_f32. (The first block is not factored here: at acting's few rows the GEMM it would
+ * save is no larger than the per-call cost of the factors.) */
 int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb, int64_t n_parts,
                           const int64_t *part_cols, const float *noise, const float *obs_term,
                           const float *time_terms, const float *w_action, int use_ln, float ln_eps,
                           const float *const *w1, const float *b1, const float *const *w2, const float *b2,
                           const float *w_out, const float *step_scale, const float *step_eps, const float *shift,
-                          int clip, int n_threads, float *x_out) {
+                          int clip, int n_threads, float *x_out, int64_t repeats) {
     int64_t F = 0, max_cols = 0;
+    if (repeats < 1) repeats = 1;
     for (int64_t j = 0; j < n_parts; ++j) {
         F += part_cols[j];
         max_cols = part_cols[j] > max_cols ? part_cols[j] : max_cols;
@@ -265,7 +317,7 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
         if (team_ready(stream && normed && hidden && x && zeros, &failed)) {
             memcpy(x, noise, sizeof(float) * M * A);
             for (int64_t t = T - 1; t >= 0; --t) {
-                first_dense(stream, obs_term, time_terms + t * H, x, w_action, M, A, H);
+                first_dense(stream, obs_term, 0, repeats, time_terms + t * H, x, w_action, M, A, H);
                 for (int64_t b = 0; b < nb; ++b) {
                     const float *gemm_in = stream;
                     if (use_ln) {
@@ -276,8 +328,8 @@ int expo_denoise_cols_f32(int64_t T, int64_t M, int64_t A, int64_t H, int64_t nb
                     for (int64_t j = 0; j < n_parts; ++j) {
                         const int64_t cols = part_cols[j];
                         if (j % team == tid) {
-                            cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M, (int)cols, (int)H, gemm_in, (int)H,
-                                                w1[j * nb + b], (int)cols, 0.0f, hidden, (int)cols);
+                            cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M, (int)cols, (int)H, gemm_in,
+                                                (int)H, w1[j * nb + b], (int)cols, 0.0f, hidden, (int)cols);
                             for (int64_t r = 0; r < M; ++r)
                                 bias_silu(hidden + r * cols, hidden + r * cols, b1 + b * F + c0, cols);
                             cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M, (int)H, (int)cols, hidden, (int)cols,
