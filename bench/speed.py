@@ -3,7 +3,8 @@
 Prints, for the device and thread count it runs on:
   1. this machine's float32 matmul rate (the floor's denominator), measured now;
   2. the EXPO update at the reference preset (UTD 20, N=8 + 8 edits, T=10, batch 256) and at the cpu preset:
-     seconds per env step, matmul FLOPs counted by torch's FlopCounterMode, achieved GFLOP/s, fraction of the floor;
+     seconds per env step, matmul FLOPs counted by torch's FlopCounterMode (the algorithm's), achieved GFLOP/s,
+     fraction of the floor, and the same on the matmul FLOPs the CPU kernels actually run (performed_flops);
   3. the cost split of one env step (TD-target candidates, critic updates, base, edit, temperature, buffer);
   4. gradient updates/s of EXPO with one TD candidate (N=1, no edit) beside SB3 SAC with 10 critics of the same width
      on the same batch (whole update, and the critic part alone);
@@ -141,10 +142,11 @@ def performed_flops(model: EXPO, nominal: float) -> float:
     (DiffusionBasePolicy._first_fc1_factors). Equal to ``nominal`` where the factorisation does not apply."""
     base = model.policy.base_policy
     n = model.otf_config.n_action_samples
-    if kernels.native_denoiser() is None or not base._factored(n) or model.device.type != "cpu":
+    states = model.gradient_steps * model.batch_size
+    column_split = th.get_num_threads() > 1 and states * n <= base.native_column_rows_max  # never factored
+    if kernels.native_denoiser() is None or not base._factored(n) or model.device.type != "cpu" or column_split:
         return nominal
     fc1 = base.net.blocks[0].fc1
-    states = model.gradient_steps * model.batch_size
     steps, action_dim = base.n_diffusion_steps, base.action_dim
     per_row = 2.0 * fc1.in_features * fc1.out_features
     return nominal - steps * states * n * per_row + (states + steps + action_dim) * per_row

@@ -384,7 +384,8 @@ class DiffusionBasePolicy(nn.Module):
         In float64, rounded once: each factor is then exact to float32 rounding, and the kernel's per-row sum of
         ``A + 2`` terms is at least as accurate as the per-row GEMM (the first block's pre-activations came out ~3x
         closer to float64). The step and action factors depend only on the parameters: they are cached with the
-        float64 weight until a parameter of the network changes (acting calls this for one state at a time).
+        float64 weight until a parameter of the network changes (in training that is every env step; repeated
+        sampling between updates, e.g. evaluation, reuses them).
 
         :return: ``fc1_state`` (S, 4H), ``fc1_time`` (T, 4H), ``fc1_action`` (A, 4H), float32.
         """
