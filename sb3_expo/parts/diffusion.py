@@ -382,8 +382,8 @@ class DiffusionBasePolicy(nn.Module):
         The kernel adds them per row, scales by the row's ``rstd`` and goes on with ``b1`` and the SiLU.
 
         In float64, rounded once: each factor is then exact to float32 rounding, and the kernel's per-row sum of
-        ``A + 2`` terms is at least as accurate as the per-row GEMM (the first block's pre-activations came out ~3x
-        closer to float64). The step and action factors depend only on the parameters: they are cached with the
+        ``A + 2`` terms is at least as accurate as the per-row GEMM (the first block's pre-activations came out
+        2.5-3x closer to float64; with float32 factors, about as close as the GEMM's). The step and action factors depend only on the parameters: they are cached with the
         float64 weight until a parameter of the network changes (in training that is every env step; repeated
         sampling between updates, e.g. evaluation, reuses them).
 
