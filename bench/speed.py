@@ -143,8 +143,7 @@ def performed_flops(model: EXPO, nominal: float) -> float:
     base = model.policy.base_policy
     n = model.otf_config.n_action_samples
     states = model.gradient_steps * model.batch_size
-    column_split = th.get_num_threads() > 1 and states * n <= base.native_column_rows_max  # never factored
-    if kernels.native_denoiser() is None or not base._factored(n) or model.device.type != "cpu" or column_split:
+    if kernels.native_denoiser() is None or model.device.type != "cpu" or not base.factors_first_block(states * n, n):
         return nominal
     fc1 = base.net.blocks[0].fc1
     steps, action_dim = base.n_diffusion_steps, base.action_dim

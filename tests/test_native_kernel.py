@@ -117,6 +117,27 @@ def test_column_split_takes_one_obs_term_per_state():
     th.testing.assert_close(got.double(), _float64_reference(base, obs.expand(8, 5), noise), rtol=1e-5, atol=2e-5)
 
 
+@needs_native
+def test_native_wrapper_refuses_mismatched_per_state_shapes():
+    """The kernel reads obs terms and factors by row index: a wrong shape is a ValueError, never an out-of-bounds read."""
+    base = _policy(hidden=32, n_blocks=2)
+    obs, noise = th.randn(6, 5), th.randn(base.n_diffusion_steps, 18, 3)
+    net = base.net
+    with th.no_grad():
+        obs_term = net.in_obs(obs)
+        time_terms = net.in_time(net.time_mlp(net.time_features(th.arange(float(base.n_diffusion_steps))[:, None])))
+        w1, b1, w2, b2, first_w1 = base._native_block_weights(native, 16, [128])
+        chain = base._native_chain(noise, obs_term, time_terms, b1, b2)
+        with pytest.raises(ValueError, match="obs_term has 6 rows: 18 rows / 2 repeats expected"):
+            native.denoise(chain, w1, w2, 16, repeats=2)
+        factors = base._first_fc1_factors(chain, first_w1)
+        with pytest.raises(ValueError, match="first_fc1 factors must be contiguous with shapes"):
+            native.denoise(chain, w1, w2, 16, 3, (factors[0][:5], factors[1], factors[2]))
+        got = native.denoise(chain, w1, w2, 16, 3, factors)  # the right shapes: the float64 module path's actions
+    reference = _float64_reference(base, obs.repeat_interleave(3, dim=0), noise)
+    th.testing.assert_close(got.double(), reference, rtol=1e-4, atol=1e-4)
+
+
 def test_repeats_on_the_module_path_and_bad_arguments():
     """Autograd on (the nn.Module path): ``repeats`` is exactly ``obs.repeat_interleave``; bad shapes are refused."""
     base = _policy()

@@ -125,6 +125,11 @@ class NoisePredictionNetwork(nn.Module):
         return self.out(F.silu(x))
 
 
+def _versions(params) -> tuple:
+    """A key that changes when any of ``params`` is moved, replaced or updated in place (its version counter)."""
+    return tuple((id(p), p.data_ptr(), p._version) for p in params)
+
+
 class DiffusionBasePolicy(nn.Module):
     """A DDPM policy pi_base(a | s): the noise-prediction network plus its schedule, loss and ancestral sampler.
 
@@ -354,7 +359,7 @@ class DiffusionBasePolicy(nn.Module):
         if rows == 0:
             return noise.new_empty(0, noise.shape[2])
         expanded = net.blocks[0].fc1.out_features
-        if threads > 1 and rows <= self.native_column_rows_max and expanded >= 16 * threads:
+        if self._column_split(rows):
             # columns split in multiples of 16 (whole AVX-512 vectors), as evenly as possible
             chunks = expanded // 16
             part_cols = [16 * (chunks // threads + (j < chunks % threads)) for j in range(threads)]
@@ -365,12 +370,19 @@ class DiffusionBasePolicy(nn.Module):
         tile = max(1, min(self.native_tile_rows, -(-rows // threads)))  # a small batch still uses every thread
         w1, b1, w2, b2, first_w1 = self._native_block_weights(native, tile, [expanded])
         chain = self._native_chain(noise, obs_term, time_terms, b1, b2)
-        first_fc1 = self._first_fc1_factors(chain, first_w1) if self._factored(repeats) else None
+        first_fc1 = self._first_fc1_factors(chain, first_w1) if self.factors_first_block(rows, repeats) else None
         return native.denoise(chain, w1, w2, tile, repeats, first_fc1)
 
-    def _factored(self, repeats: int) -> bool:
-        # the factors cost 1 / repeats of the GEMM they replace: a gain from 2 rows per state on
-        return repeats >= 2 and self.native_factor_first_block
+    def _column_split(self, rows: int) -> bool:
+        """Whether the native kernel takes ``rows`` rows in the column split (acting) rather than in row tiles."""
+        threads = max(1, th.get_num_threads())
+        expanded = self.net.blocks[0].fc1.out_features
+        return threads > 1 and rows <= self.native_column_rows_max and expanded >= 16 * threads
+
+    def factors_first_block(self, rows: int, repeats: int) -> bool:
+        """Whether the native kernel factors the first block's fc1 for ``rows`` rows of ``repeats`` samples per state:
+        in the row tiles, from 2 rows per state on (the factors cost 1 / repeats of the GEMM they replace)."""
+        return repeats >= 2 and self.native_factor_first_block and not self._column_split(rows)
 
     def _first_fc1_factors(self, chain: Chain, first_w1: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """The first block's fc1 factored by state, step and action, for rows that share a state.
@@ -383,9 +395,10 @@ class DiffusionBasePolicy(nn.Module):
 
         In float64, rounded once: each factor is then exact to float32 rounding, and the kernel's per-row sum of
         ``A + 2`` terms is at least as accurate as the per-row GEMM (the first block's pre-activations came out
-        2.5-3x closer to float64; with float32 factors, about as close as the GEMM's). The step and action factors depend only on the parameters: they are cached with the
-        float64 weight until a parameter of the network changes (in training that is every env step; repeated
-        sampling between updates, e.g. evaluation, reuses them).
+        2.5-3x closer to float64; with float32 factors, about as close as the GEMM's). The step and action factors
+        depend only on the parameters: they are cached with the float64 weight until a parameter of the network
+        changes (in training that is every env step; repeated sampling between updates, e.g. evaluation, reuses
+        them).
 
         :return: ``fc1_state`` (S, 4H), ``fc1_time`` (T, 4H), ``fc1_action`` (A, 4H), float32.
         """
@@ -393,7 +406,7 @@ class DiffusionBasePolicy(nn.Module):
         def centred(v: th.Tensor) -> th.Tensor:
             return v - v.mean(dim=-1, keepdim=True) if chain.use_ln else v
 
-        key = (chain.time_terms.shape[0], tuple((id(p), p.data_ptr(), p._version) for p in self.net.parameters()))
+        key = (chain.time_terms.shape[0], _versions(self.net.parameters()))
         cache = self.__dict__.get("_first_fc1_cache")
         if cache is None or cache[0] != key:
             w1t = first_w1.double().t()
@@ -434,7 +447,7 @@ class DiffusionBasePolicy(nn.Module):
         ``LN(x) W1^T + b1 = xhat (g * W1)^T + (b1 + W1 beta)``: the kernel then normalises without an affine pass.
         """
         params = [p for b in self.net.blocks for p in b.parameters()]
-        key = tuple((id(p), p.data_ptr(), p._version) for p in params)  # moved, replaced or updated
+        key = _versions(params)
         caches = self.__dict__.setdefault("_native_cache", {})  # layout -> (key, packed): candidates and acting
         layout = (tile, tuple(part_cols))
         cache = caches.get(layout)
@@ -477,7 +490,7 @@ class DiffusionBasePolicy(nn.Module):
         ):
             return None
         weights = [w for b in self.net.blocks for w in (b.fc1.weight, b.fc2.weight)]
-        key = (rows, tuple((id(w), w.data_ptr(), w._version) for w in weights))  # moved, replaced or updated
+        key = (rows, _versions(weights))
         cache = self.__dict__.setdefault("_packed_cache", {})
         if cache.get(rows, (None,))[0] != key:
             pack = th.ops.mkl._mkl_reorder_linear_weight
