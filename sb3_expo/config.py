@@ -6,10 +6,13 @@ friendly) and reads its defaults from these dataclasses, so there is a single so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 SELECTIONS = ("max_q", "random")
 SELECTION_CRITICS = ("target", "online")
+DETERMINISTIC_NOISES = ("observation", "fixed")
+DETERMINISTIC_CRITICS = ("all", "subset")
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,16 @@ class OTFConfig:
         (ablation on optimistic bias).
     :param clip_edited_actions: clip edited actions to [-1, 1] before a critic scores them. Deliberate difference:
         the reference scores out-of-range edits and relies on the env wrapper to clip at env.step.
-    :param deterministic_seed: seed of the private generator used by ``predict(deterministic=True)``.
+    :param deterministic_seed: seed of ``predict(deterministic=True)``'s noise.
+    :param deterministic_noise: where ``predict(deterministic=True)`` takes its diffusion noise from:
+        ``"observation"`` (default) draws it from a hash of each observation's bytes and the seed, so that every
+        state gets its own noise and the same state always the same; ``"fixed"`` reuses one seeded draw for every
+        state (ablation: it pins every state to the same quantiles of the base policy and scores far lower).
+    :param deterministic_critics: how deterministic acting scores the candidates: ``"all"`` (default), the mean of
+        all critics, the ensemble's best estimate; ``"subset"``, the min over a fixed seeded subset of
+        ``num_min_qs`` (the stochastic rule with the randomness frozen).
+    :param deterministic_n_action_samples: N when acting deterministically (``None``: the same N as stochastic
+        acting). The edits of the first ``n_edit_samples`` are taken at their mean.
     """
 
     n_action_samples: int = 8
@@ -57,6 +69,9 @@ class OTFConfig:
     selection_critic: str = "target"
     clip_edited_actions: bool = True
     deterministic_seed: int = 0
+    deterministic_noise: str = "observation"
+    deterministic_critics: str = "all"
+    deterministic_n_action_samples: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.n_action_samples < 1:
@@ -73,11 +88,29 @@ class OTFConfig:
             raise ValueError(f"selection_critic must be one of {SELECTION_CRITICS}, got {self.selection_critic!r}")
         if self.num_min_qs < 1:
             raise ValueError(f"num_min_qs must be >= 1, got {self.num_min_qs}")
+        if self.deterministic_noise not in DETERMINISTIC_NOISES:
+            raise ValueError(f"deterministic_noise must be one of {DETERMINISTIC_NOISES}, got {self.deterministic_noise!r}")
+        if self.deterministic_critics not in DETERMINISTIC_CRITICS:
+            raise ValueError(
+                f"deterministic_critics must be one of {DETERMINISTIC_CRITICS}, got {self.deterministic_critics!r}"
+            )
+        n_det = self.deterministic_n_action_samples
+        if n_det is not None and n_det < self.n_edit_samples:
+            raise ValueError(
+                f"deterministic_n_action_samples must be >= n_edit_samples={self.n_edit_samples} (or None for N), "
+                f"got {n_det}"
+            )
 
     @property
     def uses_edit_policy(self) -> bool:
         """False for the plain best-of-N ablation (``edit_scale=0`` or no edited samples)."""
         return self.edit_scale > 0 and self.n_edit_samples > 0
+
+    def for_deterministic(self) -> "OTFConfig":
+        """The config deterministic acting draws its candidates with (its own N when one is set)."""
+        if self.deterministic_n_action_samples is None:
+            return self
+        return replace(self, n_action_samples=self.deterministic_n_action_samples)
 
     @property
     def n_candidates(self) -> int:

@@ -81,7 +81,12 @@ class EXPO(OffPolicyAlgorithm):
     :param selection: ``"max_q"`` (paper) or ``"random"`` (ablation).
     :param selection_critic: ``"target"`` (paper) or ``"online"`` (ablation).
     :param clip_edited_actions: clip edited actions to [-1, 1] before scoring (True; the reference does not).
-    :param deterministic_seed: seed of ``predict(deterministic=True)``'s private generator.
+    :param deterministic_seed: seed of ``predict(deterministic=True)``'s noise.
+    :param deterministic_noise: ``"observation"`` (noise keyed by a hash of each observation: repeatable per state,
+        different across states) or ``"fixed"`` (one seeded draw for every state; ablation) for deterministic acting.
+    :param deterministic_critics: ``"all"`` (mean of all critics) or ``"subset"`` (min over a fixed seeded subset)
+        to score the candidates when acting deterministically.
+    :param deterministic_n_action_samples: N when acting deterministically (``None``: ``n_action_samples``).
     :param replay_buffer_class: replay buffer class, e.g. :class:`sb3_expo.wrappers.MinariReplayBuffer` (default:
         :class:`sb3_expo.wrappers.DeviceReplayBuffer`, SB3's buffer with its arrays on the model's device when that is
         a GPU, and SB3's numpy storage otherwise).
@@ -144,6 +149,9 @@ class EXPO(OffPolicyAlgorithm):
         selection_critic: str = _O.selection_critic,
         clip_edited_actions: bool = _O.clip_edited_actions,
         deterministic_seed: int = _O.deterministic_seed,
+        deterministic_noise: str = _O.deterministic_noise,
+        deterministic_critics: str = _O.deterministic_critics,
+        deterministic_n_action_samples: Optional[int] = _O.deterministic_n_action_samples,
         replay_buffer_class: Optional[type[ReplayBuffer]] = None,
         replay_buffer_kwargs: Optional[dict[str, Any]] = None,
         optimize_memory_usage: bool = False,
@@ -208,6 +216,9 @@ class EXPO(OffPolicyAlgorithm):
             selection_critic,
             clip_edited_actions,
             deterministic_seed,
+            deterministic_noise,
+            deterministic_critics,
+            deterministic_n_action_samples,
         )
         self.policy_kwargs.update(
             diffusion=self.diffusion_config,

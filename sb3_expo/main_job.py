@@ -34,36 +34,6 @@ DATASET_ID = "sb3-expo/pendulum-medium-v0"
 QUICK_DATASET_ID = "sb3-expo/pendulum-medium-quick-v0"  # --quick's smaller dataset never replaces the full one
 
 
-class CurveCallback:
-    """Evaluate the model every ``eval_freq`` env steps (and once when training starts): the learning curve.
-
-    Built lazily as an SB3 ``BaseCallback`` subclass so that this module imports fast.
-    """
-
-    @staticmethod
-    def make(eval_env: Any, eval_freq: int, n_episodes: int, curve: list, label: str, last_step: int) -> Any:
-        from stable_baselines3.common.callbacks import BaseCallback
-        from stable_baselines3.common.evaluation import evaluate_policy
-
-        class _Curve(BaseCallback):
-            def _evaluate(self) -> None:
-                rets, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=n_episodes, deterministic=True, return_episode_rewards=True)
-                curve.append((int(self.num_timesteps), float(np.mean(rets)), float(np.std(rets))))
-                if self.verbose:
-                    print(f"[{label}] {self.num_timesteps:>6d} env steps: eval return {np.mean(rets):8.1f} +- {np.std(rets):.1f}")
-
-            def _on_training_start(self) -> None:
-                self._evaluate()
-
-            def _on_step(self) -> bool:
-                # the last step is covered by the (longer) final evaluation
-                if eval_freq > 0 and self.num_timesteps % eval_freq == 0 and self.num_timesteps < last_step:
-                    self._evaluate()
-                return True
-
-        return _Curve(verbose=1)
-
-
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sb3_expo.main_job", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,8 +42,8 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=None, help="base-policy pretraining steps (default 2000; --quick 50)")
     parser.add_argument("--dataset-episodes", type=int, default=None, help="episodes in the demo dataset (default 20; --quick 5)")
     parser.add_argument("--eval-freq", type=int, default=None, help="env steps between learning-curve evaluations (default 500)")
-    parser.add_argument("--curve-episodes", type=int, default=None, help="episodes per learning-curve evaluation (default 3)")
-    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes of the final evaluation (default 10)")
+    parser.add_argument("--curve-episodes", type=int, default=None, help="episodes per mode per learning-curve evaluation (default 5)")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per mode of the final evaluation (default 20)")
     parser.add_argument("--learning-starts", type=int, default=None, help="uniformly random env steps before updates (default 0: the pretrained policy acts at once)")
     parser.add_argument("--baseline", choices=["sac", "none"], default="sac", help="baseline trained on the same env steps and buffer")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,36 +54,72 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     quick = dict(steps=200, pretrain_steps=50, dataset_episodes=5, eval_freq=100, curve_episodes=1, eval_episodes=2, learning_starts=50)
-    full = dict(steps=3000, pretrain_steps=2000, dataset_episodes=20, eval_freq=500, curve_episodes=3, eval_episodes=10, learning_starts=0)
+    full = dict(steps=3000, pretrain_steps=2000, dataset_episodes=20, eval_freq=500, curve_episodes=5, eval_episodes=20, learning_starts=0)
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
 
 
-def _plot(path: str, curves: dict[str, list], dataset_return: float, title: str) -> None:
+MODE_STYLES = {"deterministic": "-", "stochastic": "--"}
+
+
+def _plot(path: str, curves: dict[str, dict[str, list]], dataset_return: float, title: str) -> None:
+    """Return vs env steps: one colour per algorithm, solid = deterministic, dashed = stochastic evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for (label, curve), color in zip(curves.items(), ["tab:blue", "tab:orange", "tab:green"]):
-        if not curve:
-            continue
-        x, mean, std = (np.array(v) for v in zip(*curve))
-        ax.plot(x, mean, marker="o", ms=3, label=label, color=color)
-        ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=color)
-        ax.errorbar(x[-1:], mean[-1:], yerr=std[-1:], marker="*", ms=10, color=color, capsize=3)  # final evaluation
-    ax.axhline(dataset_return, ls="--", color="gray", label=f"dataset mean ({dataset_return:.0f})")
+    fig, ax = plt.subplots(figsize=(6.8, 4.2), dpi=120)
+    for (label, by_mode), color in zip(curves.items(), ["tab:blue", "tab:orange", "tab:green"]):
+        for mode, curve in by_mode.items():
+            if not curve:
+                continue
+            x, mean, std = (np.array(v) for v in zip(*curve))
+            ax.plot(x, mean, MODE_STYLES[mode], marker="o", ms=3, label=f"{label}, {mode}", color=color)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.08, color=color)
+            ax.errorbar(x[-1:], mean[-1:], yerr=std[-1:], marker="*", ms=10, color=color, capsize=3)  # final evaluation
+    ax.axhline(dataset_return, ls=":", color="gray", label=f"dataset mean ({dataset_return:.0f})")
     ax.set_xlabel("env steps (online)")
     ax.set_ylabel("eval return (star: final evaluation)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _stats(returns: list[float]) -> dict[str, float]:
+    """Mean, std, IQM and a bootstrap 95% interval of the IQM over episodes."""
+    from scipy import stats
+
+    x = np.asarray(returns, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    boot = [stats.trim_mean(rng.choice(x, x.size), 0.25) for _ in range(2000)]
+    return dict(mean=float(x.mean()), std=float(x.std()), iqm=float(stats.trim_mean(x, 0.25)),
+                iqm_ci95=[float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], episodes=int(x.size))  # fmt: skip
+
+
+def _fmt(st: dict[str, float]) -> str:
+    lo, hi = st["iqm_ci95"]
+    return f"{st['mean']:7.1f} +- {st['std']:5.1f} (IQM {st['iqm']:7.1f} [{lo:.1f}, {hi:.1f}])"
+
+
+def _verdict(expo: dict[str, dict], sac: dict[str, dict]) -> str:
+    """One plain sentence per mode: is EXPO above, below or level with SAC (disjoint IQM intervals or not)?"""
+    lines = []
+    for mode in expo:
+        (elo, ehi), (slo, shi) = expo[mode]["iqm_ci95"], sac[mode]["iqm_ci95"]
+        if elo > shi:
+            call = "EXPO is above SAC"
+        elif ehi < slo:
+            call = "EXPO is BELOW SAC"
+        else:
+            call = "EXPO and SAC are level (their IQM intervals overlap)"
+        lines.append(f"{mode}: {call}")
+    return "; ".join(lines)
 
 
 def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -129,10 +135,9 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     import gymnasium as gym
     import torch as th
     from stable_baselines3 import SAC
-    from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.monitor import Monitor
 
     from sb3_expo import EXPO, get_preset
+    from sb3_expo.callbacks import BothModesEvalCallback, evaluate_both_modes
     from sb3_expo.datasets.make_minari import episode_returns, make_minari_dataset
     from sb3_expo.wrappers import MinariReplayBuffer
     from sb3_expo.wrappers.offline_dataset import minari_datasets_root
@@ -141,6 +146,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     os.makedirs(args.out, exist_ok=True)
     progress = not args.no_progress
     timings: dict[str, float] = {}
+    eval_seed = args.seed + 10_000  # the same evaluation episodes for both algorithms, both modes, every point
 
     # 1. the demo dataset (reused if it exists)
     dataset_id = QUICK_DATASET_ID if args.quick else DATASET_ID
@@ -154,10 +160,19 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     )
     buffer = dict(replay_buffer_class=MinariReplayBuffer, replay_buffer_kwargs=dict(dataset_id=dataset_id, offline_fraction=0.5))
 
-    def eval_env() -> Any:
-        env = Monitor(gym.make(ENV_ID))
-        env.reset(seed=args.seed + 10_000)
-        return env
+    def curve_callback() -> BothModesEvalCallback:
+        return BothModesEvalCallback(
+            gym.make(ENV_ID), eval_freq=args.eval_freq, n_eval_episodes=args.curve_episodes, seed=eval_seed,
+            eval_at_start=True, verbose=1,
+        )  # fmt: skip
+
+    def final_evaluation(model: Any, name: str, callback: BothModesEvalCallback) -> dict[str, dict]:
+        returns = evaluate_both_modes(model, gym.make(ENV_ID), args.eval_episodes, seed=eval_seed)
+        callback.history.append((int(model.num_timesteps), returns))
+        result = {mode: _stats(r) for mode, r in returns.items()}
+        for mode, st in result.items():
+            print(f"{name} final, {mode:>13s}: {_fmt(st)} over {args.eval_episodes} episodes")
+        return result
 
     # 2. EXPO: pretrain the base policy, then fine-tune online with the 50/50 buffer
     preset = get_preset("tiny" if args.quick else "cpu", learning_starts=args.learning_starts)
@@ -165,45 +180,41 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     t = time.perf_counter()
     model.pretrain(args.pretrain_steps, progress_bar=progress)
     timings["expo_pretrain_s"] = time.perf_counter() - t
-    expo_curve: list = []
+    expo_cb = curve_callback()
     t = time.perf_counter()
-    model.learn(args.steps, callback=CurveCallback.make(eval_env(), args.eval_freq, args.curve_episodes, expo_curve, "EXPO", args.steps), progress_bar=progress)
+    model.learn(args.steps, callback=expo_cb, progress_bar=progress)
     timings["expo_online_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    expo_rets, _ = evaluate_policy(model, eval_env(), n_eval_episodes=args.eval_episodes, deterministic=True, return_episode_rewards=True)
+    expo_final = final_evaluation(model, "EXPO", expo_cb)
     timings["expo_final_eval_s"] = time.perf_counter() - t
-    expo_curve.append((int(model.num_timesteps), float(np.mean(expo_rets)), float(np.std(expo_rets))))
     model_path = os.path.join(args.out, "expo_pendulum.zip")
     model.save(model_path)
-    print(f"EXPO: final return {np.mean(expo_rets):.1f} +- {np.std(expo_rets):.1f} over {args.eval_episodes} episodes; saved {model_path}")
+    print(f"EXPO saved to {model_path}")
 
     # 3. baseline: SAC (SB3 defaults) on the same env steps with the same 50/50 buffer
     baseline: dict[str, Any] = {"algo": "none"}
-    sac_curve: list = []
+    curves = {"EXPO (cpu preset, pretrained base)": {m: expo_cb.curve(m) for m in MODE_STYLES}}
     if args.baseline == "sac":
         sac = SAC("MlpPolicy", ENV_ID, seed=args.seed, verbose=0, learning_starts=args.learning_starts, **buffer)
+        sac_cb = curve_callback()
         t = time.perf_counter()
-        sac.learn(args.steps, callback=CurveCallback.make(eval_env(), args.eval_freq, args.curve_episodes, sac_curve, "SAC", args.steps), progress_bar=progress)
+        sac.learn(args.steps, callback=sac_cb, progress_bar=progress)
         timings["sac_online_s"] = time.perf_counter() - t
-        sac_rets, _ = evaluate_policy(sac, eval_env(), n_eval_episodes=args.eval_episodes, deterministic=True, return_episode_rewards=True)
-        sac_curve.append((int(sac.num_timesteps), float(np.mean(sac_rets)), float(np.std(sac_rets))))
+        sac_final = final_evaluation(sac, "SAC ", sac_cb)
         sac_path = os.path.join(args.out, "sac_pendulum.zip")
         sac.save(sac_path)
+        curves["SAC (same buffer)"] = {m: sac_cb.curve(m) for m in MODE_STYLES}
         baseline = dict(
             algo="SAC",
             description="SB3 SAC defaults (2 critics, 1 gradient step per env step, batch 256), same 50/50 offline buffer, no pretraining",
-            final_mean_return=float(np.mean(sac_rets)),
-            final_std_return=float(np.std(sac_rets)),
-            curve=sac_curve,
+            final=sac_final,
+            curves=curves["SAC (same buffer)"],
             model_path=sac_path,
+            expo_vs_sac=_verdict(expo_final, sac_final),
         )
-        print(f"SAC:  final return {np.mean(sac_rets):.1f} +- {np.std(sac_rets):.1f} over {args.eval_episodes} episodes")
 
     # 4. plot and summary
     png = os.path.join(args.out, "learning_curve.png")
-    curves = {"EXPO (cpu preset, pretrained base)": expo_curve}
-    if sac_curve:
-        curves["SAC (same buffer)"] = sac_curve
     _plot(png, curves, float(dataset_returns.mean()), f"{ENV_ID}, offline-to-online from {dataset_id}, seed {args.seed}")
     timings["total_s"] = time.perf_counter() - t_start
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -223,17 +234,13 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
             preset="tiny" if args.quick else "cpu",
             learning_starts=args.learning_starts,
             offline_fraction=0.5,
-            eval_episodes=args.eval_episodes,
-            curve_episodes=args.curve_episodes,
-            deterministic_eval=True,
+            eval_episodes_per_mode=args.eval_episodes,
+            curve_episodes_per_mode=args.curve_episodes,
+            eval_modes=list(MODE_STYLES),
+            eval_reset_seed=eval_seed,
             torch_threads=args.threads,
         ),
-        expo=dict(
-            final_mean_return=float(np.mean(expo_rets)),
-            final_std_return=float(np.std(expo_rets)),
-            curve=expo_curve,
-            model_path=model_path,
-        ),
+        expo=dict(final=expo_final, curves=curves["EXPO (cpu preset, pretrained base)"], model_path=model_path),
         baseline=baseline,
         learning_curve_png=png,
         timings=timings,
@@ -243,9 +250,13 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
         json.dump(summary, f, indent=2)
     print("\n==== main job summary ====")
     print(f"dataset  {dataset_id}: mean return {dataset_returns.mean():.1f} ({dataset.total_episodes} episodes)")
-    print(f"EXPO     {args.pretrain_steps} pretrain + {args.steps} online steps: return {np.mean(expo_rets):.1f} +- {np.std(expo_rets):.1f}")
+    print(f"final evaluation: {args.eval_episodes} episodes per mode, the same reset seeds for every model and mode")
+    for mode in MODE_STYLES:
+        print(f"EXPO {mode:>13s}  {args.pretrain_steps} pretrain + {args.steps} online steps: {_fmt(expo_final[mode])}")
     if baseline["algo"] != "none":
-        print(f"SAC      {args.steps} online steps (same buffer): return {baseline['final_mean_return']:.1f} +- {baseline['final_std_return']:.1f}")
+        for mode in MODE_STYLES:
+            print(f"SAC  {mode:>13s}  {args.steps} online steps (same buffer):  {_fmt(baseline['final'][mode])}")
+        print(f"verdict: {baseline['expo_vs_sac']}")
     print(f"wall time {timings['total_s']:.0f} s; files: {model_path}, {png}, {os.path.join(args.out, 'summary.json')}")
     return summary
 

@@ -45,7 +45,7 @@ def draw_candidates(
 
     :param base_features: base-policy features of the states, (B, f_base).
     :param edit_features: edit-policy features of the states, (B, f_edit).
-    :param deterministic: take the edit at its mean (the base samples use ``generator`` for repeatability).
+    :param deterministic: take the edit at its mean (deterministic acting also passes keyed ``base_noise``).
     :param generator: optional random generator.
     :param base_noise: optional pre-drawn diffusion noise, (T, B*N, action_dim) (tests compare paths with it).
     :param edit_noise: optional pre-drawn edit noise, (B*n_edit, action_dim).
@@ -78,16 +78,23 @@ def select_candidates(
     candidates: th.Tensor,
     config: OTFConfig,
     generator: Optional[th.Generator] = None,
+    critics: str = "subset",
 ) -> Selection:
     """Step 3: score (B, K) candidates with the min over a random critic subset and take the argmax per state.
 
     With ``config.selection == "random"`` the chosen index is uniform among the K candidates instead (ablation);
     its score is still reported.
+
+    :param critics: ``"subset"``: the min over a random subset of ``num_min_qs`` critics (the paper);
+        ``"all"``: the mean over all critics (deterministic acting, ``OTFConfig.deterministic_critics``).
     """
     batch, k, action_dim = candidates.shape
-    members = random_subset(q_ensemble.n_critics, config.num_min_qs, candidates.device, generator)
-    q = q_ensemble(critic_features.repeat_interleave(k, dim=0), candidates.reshape(batch * k, action_dim), members)
-    scores = q.min(dim=0).values.view(batch, k)
+    features, flat = critic_features.repeat_interleave(k, dim=0), candidates.reshape(batch * k, action_dim)
+    if critics == "all":
+        scores = q_ensemble(features, flat).mean(dim=0).view(batch, k)
+    else:
+        members = random_subset(q_ensemble.n_critics, config.num_min_qs, candidates.device, generator)
+        scores = q_ensemble(features, flat, members).min(dim=0).values.view(batch, k)
     if config.selection == "max_q":
         index = scores.argmax(dim=1)
     else:

@@ -24,6 +24,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from sb3_expo.config import DiffusionConfig, OTFConfig
+from sb3_expo.keyed_noise import diffusion_noise, observation_keys
 from sb3_expo.otf import Selection, draw_candidates, select_candidates
 from sb3_expo.parts import DiffusionBasePolicy, EditPolicy, QEnsemble, Temperature
 
@@ -274,22 +275,36 @@ class EXPOPolicy(BasePolicy):
 
         :param obs: observations as tensors (not yet preprocessed).
         :param use_ema_base: sample from the EMA base policy (acting) or the online one (TD target).
-        :param deterministic: edits at their mean (and the caller passes a seeded generator).
-        :param generator: random generator for the sampling noise and critic subset.
+        :param deterministic: the deterministic mode (see :meth:`_predict`): noise keyed by each observation (or one
+            seeded draw with ``deterministic_noise="fixed"``), edits at their mean, candidates scored as
+            ``deterministic_critics`` says.
+        :param generator: random generator for the sampling noise and critic subset (deterministic: a seeded one).
         """
         x = self.preprocess(obs)
         base = self.base_policy_ema if use_ema_base else self.base_policy
+        base_features = base.features_extractor(x)
+        config, critics, base_noise = self.otf, "subset", None
+        if deterministic:
+            config, critics = self.otf.for_deterministic(), self.otf.deterministic_critics
+            if generator is None:
+                generator = self.deterministic_generator()
+            if self.otf.deterministic_noise == "observation":
+                keys = observation_keys(x, self.otf.deterministic_seed)
+                base_noise = diffusion_noise(
+                    keys, base.n_diffusion_steps, config.n_action_samples, base.action_dim, base_features.dtype
+                )
         candidates = draw_candidates(
             base,
             self.edit_policy,
-            base.features_extractor(x),
+            base_features,
             self.edit_policy.features_extractor(x),
-            self.otf,
+            config,
             deterministic=deterministic,
             generator=generator,
+            base_noise=base_noise,
         )
         critic = self.q_ensemble_target if self.otf.selection_critic == "target" else self.q_ensemble
-        return select_candidates(critic, critic.features_extractor(x), candidates, self.otf, generator)
+        return select_candidates(critic, critic.features_extractor(x), candidates, config, generator, critics)
 
     def deterministic_generator(self) -> th.Generator:
         """A freshly seeded generator: the same observation and parameters always give the same action."""
@@ -307,14 +322,16 @@ class EXPOPolicy(BasePolicy):
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """Act with the OTF policy on the EMA base policy; actions in [-1, 1] (unscaled by ``predict``).
 
-        ``deterministic=True`` uses a freshly seeded private generator and the edits' means, so the same observation
-        and parameters always give the same action (the reference has no deterministic mode).
+        ``deterministic=True`` draws each observation's diffusion noise from a hash of its bytes and
+        ``deterministic_seed``, takes the edits at their mean and scores the candidates with the mean of all critics:
+        the same observation and parameters always give the same action, whatever else is in the batch, and states
+        are not pinned to one shared noise draw (which scored far lower: docs/evaluation.md). The reference has no
+        deterministic mode; it evaluates stochastically.
         """
         if not deterministic:
             act = self._act_fn if self._act_fn is not None else self.otf_act
             return act(observation)
-        generator = self.deterministic_generator()
-        actions = self.otf_select(observation, use_ema_base=True, deterministic=True, generator=generator).actions
+        actions = self.otf_select(observation, use_ema_base=True, deterministic=True).actions
         # Edited actions may leave [-1, 1] when clip_edited_actions=False; what goes to the env never does.
         return actions.clamp(-1.0, 1.0)
 
