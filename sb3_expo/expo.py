@@ -6,11 +6,13 @@ the networks, the optimisers and the on-the-fly action selection.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import pathlib
 import warnings
 import zipfile
+from collections.abc import Iterable
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
@@ -27,6 +29,7 @@ from sb3_expo.config import DiffusionConfig, OTFConfig
 from sb3_expo.kernels import native_denoiser
 from sb3_expo.otf import draw_candidates, td_target
 from sb3_expo.policies import EXPOPolicy, MlpPolicy, MultiInputPolicy
+from sb3_expo.wrappers.atomic_io import atomic_path
 from sb3_expo.wrappers.device_buffers import DeviceReplayBuffer
 
 SelfEXPO = TypeVar("SelfEXPO", bound="EXPO")
@@ -594,6 +597,27 @@ class EXPO(OffPolicyAlgorithm):
         return self
 
     # ------------------------------------------------------------------ save / load
+    def save(
+        self,
+        path: Union[str, pathlib.Path, io.BufferedIOBase],
+        exclude: Optional[Iterable[str]] = None,
+        include: Optional[Iterable[str]] = None,
+    ) -> None:
+        """SB3's ``save``, atomic for paths: the zip is written to a temporary file in the same folder and renamed
+        into place, so a save that fails partway (disk full, an attribute that cannot be pickled, a killed process)
+        leaves the previous checkpoint at ``path`` intact. File-like objects are written directly, as SB3 does."""
+        if not isinstance(path, (str, pathlib.Path)):
+            return super().save(path, exclude=exclude, include=include)
+        with atomic_path(_sb3_save_path(path, "zip"), suffix=".zip") as tmp:
+            super().save(tmp, exclude=exclude, include=include)
+
+    def save_replay_buffer(self, path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
+        """SB3's ``save_replay_buffer``, atomic for paths (temporary file in the same folder, then a rename)."""
+        if not isinstance(path, (str, pathlib.Path)):
+            return super().save_replay_buffer(path)
+        with atomic_path(_sb3_save_path(path, "pkl"), suffix=".pkl") as tmp:
+            super().save_replay_buffer(tmp)
+
     @classmethod
     def load(  # type: ignore[override]
         cls: type[SelfEXPO],
@@ -648,6 +672,18 @@ def _slice_obs(obs: Any, rows: slice) -> Any:
     if isinstance(obs, dict):
         return {k: v[rows] for k, v in obs.items()}
     return obs[rows]
+
+
+def _sb3_save_path(path: Union[str, pathlib.Path], suffix: str) -> pathlib.Path:
+    """The file SB3's ``open_path`` writes for ``path``: ``.<suffix>`` added to a name without one, ``<path>_2``
+    when ``path`` is a folder."""
+    path = pathlib.Path(path)
+    if path.suffix == "":
+        path = pathlib.Path(f"{path}.{suffix}")
+    if path.is_dir():
+        warnings.warn(f"Path '{path}' is a folder. Will save instead to {path}_2", stacklevel=3)
+        path = pathlib.Path(f"{path}_2")
+    return path
 
 
 def _check_expo_checkpoint(path: Any) -> None:

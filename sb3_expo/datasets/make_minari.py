@@ -13,9 +13,12 @@ MountainCar is a termination.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -36,6 +39,19 @@ def _dataset_exists(dataset_id: str) -> bool:
     from sb3_expo.wrappers.offline_dataset import minari_datasets_root
 
     return os.path.isdir(os.path.join(minari_datasets_root(), dataset_id, "data"))
+
+
+@contextlib.contextmanager
+def _removed_if_incomplete(dataset_id: str) -> Iterator[None]:
+    """Delete the dataset's folder if writing it fails partway: a later call would otherwise reuse a broken dataset
+    as an existing one (Minari writes a dataset in place, as a folder; it cannot be renamed into place)."""
+    from sb3_expo.wrappers.offline_dataset import minari_datasets_root
+
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(os.path.join(minari_datasets_root(), dataset_id), ignore_errors=True)
+        raise
 
 
 def make_minari_dataset(
@@ -74,13 +90,11 @@ def make_minari_dataset(
     from minari.dataset.minari_dataset import parse_dataset_id
 
     parse_dataset_id(dataset_id)  # fail on a malformed id before rolling out any episode
-    if _dataset_exists(dataset_id):
-        if not overwrite:
-            dataset = minari.load_dataset(dataset_id)
-            if verbose:
-                print(f"Reusing existing Minari dataset {dataset_id!r} ({dataset.total_episodes} episodes).")
-            return dataset
-        minari.delete_dataset(dataset_id)
+    if _dataset_exists(dataset_id) and not overwrite:
+        dataset = minari.load_dataset(dataset_id)
+        if verbose:
+            print(f"Reusing existing Minari dataset {dataset_id!r} ({dataset.total_episodes} episodes).")
+        return dataset
     if quality not in QUALITY_PRESETS:
         raise ValueError(f"quality must be one of {sorted(QUALITY_PRESETS)}, got {quality!r}.")
     preset_noise, preset_random = QUALITY_PRESETS[quality]
@@ -106,7 +120,10 @@ def make_minari_dataset(
                 if terminated or truncated:
                     break
         params = dict(env_id=env_id, n_episodes=n_episodes, seed=seed, noise=noise, random_prob=random_prob)
-        with warnings.catch_warnings():
+        # An existing dataset is deleted only now that the new episodes are in hand (a failed rollout keeps it).
+        if _dataset_exists(dataset_id):
+            minari.delete_dataset(dataset_id)
+        with warnings.catch_warnings(), _removed_if_incomplete(dataset_id):
             # minari warns about optional metadata (permalink, e-mail) we do not have.
             warnings.simplefilter("ignore", UserWarning)
             dataset = env.create_dataset(

@@ -39,6 +39,7 @@ from sb3_expo.envs.robomimic_env import (
     env_horizon,
     make_robomimic_env,
 )
+from sb3_expo.wrappers.atomic_io import atomic_path
 
 # OSC_POSE maps an action of 1 to a 5 cm position step (controller output_max).
 _POS_SCALE = 0.05
@@ -218,10 +219,10 @@ def write_scripted_lift_dataset(
         env.close()
 
     path = os.fspath(path)
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
     successful, failed = [], []
-    with h5py.File(path, "w") as f:
+    # Atomic: written to a temporary file in the same folder, then renamed onto ``path`` (a failed write keeps the
+    # previous file).
+    with atomic_path(path, suffix=".hdf5") as tmp, h5py.File(tmp, "w") as f:
         data = f.create_group("data")
         total = 0
         for i, episode in enumerate(episodes):
