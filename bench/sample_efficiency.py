@@ -6,7 +6,9 @@ Tasks (2-core CPU, data written locally by ``sb3_expo.datasets.make_minari``, no
 * ``mountaincar``: MountainCarContinuous-v0 (+100 at the goal, small action penalty: sparse for the goal) with
   5 noisy scripted demos that reach the goal.
 
-Methods (same env-step budget, same offline data where they use it, same seeds, ``deterministic=True`` evaluation):
+Methods (same env-step budget, same offline data where they use it, same seeds). Every evaluation point runs both
+modes on the same reset seeds: ``deterministic=True`` (what SB3's ``evaluate_policy`` and rl_zoo3 use) and
+stochastic (the paper's evaluation of EXPO: the on-the-fly policy with fresh noise; for SAC a sampled action).
 
 * ``expo``: EXPO, ``cpu`` preset, 50/50 offline/online minibatches, base pretrained on the offline data;
 * ``sac``: SB3 SAC with its defaults, no data;
@@ -18,6 +20,16 @@ Methods (same env-step budget, same offline data where they use it, same seeds, 
 * ``expo_best_of_n``: EXPO with ``edit_scale=0`` (best-of-N base samples, no edit policy);
 * ``expo_random_select``: EXPO with ``selection="random"`` (no max-Q selection);
 * ``expo_no_data`` (dense task only): ``EXPO("MlpPolicy", env, **cpu preset)`` without a dataset.
+
+Stability variants (EXPO with one setting changed; run them with ``--methods``, any task), the candidates for why
+returns fall back after a good phase:
+
+* ``expo_no_warmup``: no random-action warm-up (``learning_starts=0``, as the main job);
+* ``expo_ema_fast``: base EMA rate 0.005 instead of 0.001;
+* ``expo_edit_small``: edit scale 0.05 (the authors' Robomimic value) instead of the cpu preset's 0.1;
+* ``expo_utd4``: 4 critic updates per env step instead of the cpu preset's 2;
+* ``expo_pretrained_critic``: critic and edit policy pretrained offline with the base (the paper starts them from
+  scratch).
 
 Every (task, method, seed) run is cached as ``<cache>/runs/<task>/<method>/seed<k>.json`` (written after every
 evaluation, with a checkpoint for resuming), so the table can be built over several invocations::
@@ -52,7 +64,9 @@ from bench.metrics import Interval, bootstrap_ci, compare, curve_intervals, rati
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "bench" / "cache"
 DEFAULT_RESULTS = REPO / "bench" / "results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: both evaluation modes at every point
+MODES = ("deterministic", "stochastic")
+RETURNS_KEY = dict(deterministic="returns", stochastic="stochastic_returns")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +86,23 @@ class Task:
 
 
 MAIN_METHODS = ("expo", "sac", "rlpd", "base_only", "expo_best_of_n", "expo_random_select")
+STABILITY_VARIANTS: dict[str, dict[str, Any]] = {
+    "expo_no_warmup": dict(learning_starts=0),
+    "expo_ema_fast": dict(base_ema_tau=0.005),
+    "expo_edit_small": dict(edit_scale=0.05),
+    "expo_utd4": dict(gradient_steps=4),
+    "expo_pretrained_critic": {},  # pretrain(train_critic=True, train_edit=True)
+}
 TASKS: dict[str, Task] = {
     "pendulum": Task(
         env_id="Pendulum-v1",
         dataset_id="sb3-expo-bench/pendulum-medium-v0",
         dataset_episodes=10,
         dataset_quality="medium",
-        steps=1500,
+        steps=3000,
         eval_every=250,
         threshold=-300.0,
-        budgets=(500, 1000, 1500),
+        budgets=(1000, 2000, 3000),
         reward_kind="dense",
         methods=MAIN_METHODS + ("expo_no_data",),
     ),
@@ -98,7 +119,7 @@ TASKS: dict[str, Task] = {
         methods=MAIN_METHODS,
     ),
 }
-ALL_METHODS = MAIN_METHODS + ("expo_no_data",)
+ALL_METHODS = MAIN_METHODS + ("expo_no_data",) + tuple(STABILITY_VARIANTS)
 LABELS = {
     "expo": "EXPO",
     "sac": "SAC (no data)",
@@ -107,9 +128,14 @@ LABELS = {
     "expo_best_of_n": "EXPO best-of-N (edit_scale=0)",
     "expo_random_select": "EXPO random select",
     "expo_no_data": "EXPO (no data)",
+    "expo_no_warmup": "EXPO, no random warm-up",
+    "expo_ema_fast": "EXPO, base EMA 0.005",
+    "expo_edit_small": "EXPO, edit scale 0.05",
+    "expo_utd4": "EXPO, UTD 4",
+    "expo_pretrained_critic": "EXPO, critic + edit pretrained",
 }
-OFFLINE_METHODS = {"expo", "rlpd", "base_only", "expo_best_of_n", "expo_random_select"}
-PRETRAINED_METHODS = {"expo", "base_only", "expo_best_of_n", "expo_random_select"}
+OFFLINE_METHODS = {"expo", "rlpd", "base_only", "expo_best_of_n", "expo_random_select", *STABILITY_VARIANTS}
+PRETRAINED_METHODS = {"expo", "base_only", "expo_best_of_n", "expo_random_select", *STABILITY_VARIANTS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +147,7 @@ class RunConfig:
     eval_episodes: int = 3
     static_eval_episodes: int = 10  # base_only: one evaluation (it does not learn)
     learning_starts: int = 300  # random-action warm-up, the same for every learning method
-    pretrain_steps: int = 1000
+    pretrain_steps: int = 2000
     preset: str = "cpu"
     max_episode_steps: Optional[int] = None  # None: the env's own TimeLimit
     threads: int = 1
@@ -227,9 +253,11 @@ def build_model(method: str, task: Task, cfg: RunConfig, env: Any, seed: int) ->
         overrides = dict(selection="random")
     elif method == "base_only":
         overrides = dict(edit_scale=0.0, n_action_samples=1, n_edit_samples=0)
+    elif method in STABILITY_VARIANTS:
+        overrides = dict(STABILITY_VARIANTS[method])
     elif method not in ("expo", "expo_no_data"):
         raise ValueError(f"unknown method {method!r}; known: {ALL_METHODS}")
-    kwargs = get_preset(cfg.preset, **overrides, **common)
+    kwargs = get_preset(cfg.preset, **{**common, **overrides})
     if method != "expo_no_data":
         kwargs.update(offline)
     return EXPO("MlpPolicy", env, **kwargs)
@@ -255,25 +283,44 @@ def describe_model(model: Any) -> dict[str, Any]:
     return info
 
 
-def evaluate(model: Any, env: Any, episodes: int, seed: int) -> list[float]:
-    """Undiscounted returns of ``episodes`` deterministic episodes; episode ``i`` resets with seed ``seed + i``
-    (the same eval seeds for every method and evaluation point of one run seed)."""
+def evaluate(model: Any, env: Any, episodes: int, seed: int, deterministic: bool = True) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes; episode ``i`` resets with seed ``seed + i`` (the same eval
+    seeds for every method, mode and evaluation point of one run seed). Stochastic episodes draw from a torch random
+    stream seeded with ``seed`` inside :func:`torch.random.fork_rng`: repeatable, and training's stream is untouched."""
+    import torch as th
+
     returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done, total = False, 0.0
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
+    with th.random.fork_rng(devices=[]):
+        th.manual_seed(seed)
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            done, total = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=deterministic)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
     return returns
+
+
+def record_evaluation(record: dict[str, Any], model: Any, env: Any, episodes: int, seed: int) -> None:
+    """Evaluate in both modes and append the step, the mean returns and the episode returns of each mode."""
+    record["steps"].append(int(model.num_timesteps))
+    for mode in MODES:
+        rets = evaluate(model, env, episodes, seed, deterministic=mode == "deterministic")
+        record.setdefault(RETURNS_KEY[mode], []).append(float(np.mean(rets)))
+        record.setdefault(f"episode_{RETURNS_KEY[mode]}", []).append(rets)
 
 
 # ---------------------------------------------------------------------------------------------------- one run
 def run_path(cache_dir: pathlib.Path, task: str, method: str, seed: int) -> pathlib.Path:
     return cache_dir / "runs" / task / method / f"seed{seed}.json"
+
+
+def final_model_path(run_json: pathlib.Path) -> pathlib.Path:
+    """Where a completed EXPO run keeps its trained model (beside its JSON, in the cache)."""
+    return run_json.with_suffix(".final.zip")
 
 
 def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: str) -> dict[str, Any]:
@@ -312,19 +359,18 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
         prior_time = 0.0
         if method in PRETRAINED_METHODS:
             t0 = time.time()
-            model.pretrain(cfg.pretrain_steps, progress_bar=False, log_interval=10**9)
+            critic = method == "expo_pretrained_critic"
+            model.pretrain(cfg.pretrain_steps, train_critic=critic, train_edit=critic, progress_bar=False,
+                           log_interval=10**9)  # fmt: skip
             record["pretrain_seconds"] = time.time() - t0
         if method == "base_only":  # imitation only: one evaluation, no online step
-            rets = evaluate(model, eval_env, cfg.static_eval_episodes, eval_seed)
-            record.update(steps=[0], returns=[float(np.mean(rets))], episode_returns=[rets], static=True, complete=True)
-            record["train_seconds"] = 0.0
+            record.update(steps=[], returns=[], episode_returns=[], static=True, complete=True, train_seconds=0.0)
+            record_evaluation(record, model, eval_env, cfg.static_eval_episodes, eval_seed)
             write_json(path, record)
-            print(f"{tag} base only: return {np.mean(rets):.1f} over {len(rets)} episodes", flush=True)
+            print(f"{tag} base only: return {record['returns'][0]:.1f} (stochastic {record['stochastic_returns'][0]:.1f})"
+                  f" over {cfg.static_eval_episodes} episodes", flush=True)  # fmt: skip
             return record
-        rets = evaluate(model, eval_env, cfg.eval_episodes, eval_seed)
-        record["steps"].append(0)
-        record["returns"].append(float(np.mean(rets)))
-        record["episode_returns"].append(rets)
+        record_evaluation(record, model, eval_env, cfg.eval_episodes, eval_seed)
         write_json(path, record)
 
     train_time = 0.0
@@ -333,14 +379,13 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
         t0 = time.time()
         model.learn(chunk, reset_num_timesteps=model.num_timesteps == 0, progress_bar=False)
         train_time += time.time() - t0
-        rets = evaluate(model, eval_env, cfg.eval_episodes, eval_seed)
-        record["steps"].append(int(model.num_timesteps))
-        record["returns"].append(float(np.mean(rets)))
-        record["episode_returns"].append(rets)
+        record_evaluation(record, model, eval_env, cfg.eval_episodes, eval_seed)
         record["train_seconds"] = prior_time + train_time
         save_progress(model, record, path, steps)
-        print(f"{tag} step {model.num_timesteps}: return {np.mean(rets):.1f} "
-              f"({(time.time() - start):.0f} s wall)", flush=True)  # fmt: skip
+        print(f"{tag} step {model.num_timesteps}: return {record['returns'][-1]:.1f} (stochastic "
+              f"{record['stochastic_returns'][-1]:.1f}) ({(time.time() - start):.0f} s wall)", flush=True)  # fmt: skip
+    if cls is EXPO:  # the trained model, for bench/deterministic_modes.py
+        model.save(final_model_path(path))
     finish_run(record, path, steps)
     return record
 
@@ -352,7 +397,7 @@ def collect(cache_dir: pathlib.Path, cfg: RunConfig, task_names: list[str]) -> d
     for name in task_names:
         task = TASKS[name]
         out[name] = {}
-        for method in task.methods:
+        for method in task.methods + tuple(STABILITY_VARIANTS):
             runs = []
             for p in sorted((cache_dir / "runs" / name / method).glob("seed*.json")):
                 r = load_json(p)
@@ -393,13 +438,30 @@ def _fmt_ratio(r: Optional[float]) -> str:
     return f"{r:.2f}"
 
 
-def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig) -> dict[str, Any]:
-    """Per-method IQM intervals at the budgets, steps to threshold and the EXPO verdicts of one task."""
+def worst_after_reaching(steps: list[int], returns: list[float], threshold: float) -> Optional[float]:
+    """The lowest evaluation at or after the first one that reaches ``threshold`` (None if never reached):
+    how far a run falls back after a good phase."""
+    for i, r in enumerate(returns):
+        if r >= threshold:
+            return float(min(returns[i:]))
+    return None
+
+
+def in_mode(runs: dict[str, list[dict]], mode: str) -> dict[str, list[dict]]:
+    """The runs with ``returns`` holding ``mode``'s evaluations (runs without that mode are left out)."""
+    key = RETURNS_KEY[mode]
+    return {m: [dict(r, returns=r[key]) for r in rs if key in r] for m, rs in runs.items() if any(key in r for r in rs)}
+
+
+def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: str = "deterministic") -> dict[str, Any]:
+    """Per-method IQM intervals at the budgets, steps to threshold, stability and the EXPO verdicts of one task, in
+    one evaluation mode."""
+    runs = in_mode(runs, mode)
     task = TASKS[task_name]
     steps = cfg.task_steps(task)
     budgets = sorted({b for b in task.budgets if b <= steps} | {steps})
     res: dict[str, Any] = dict(task=task_name, env_id=task.env_id, threshold=task.threshold, budgets=budgets,
-                               steps=steps, methods={})  # fmt: skip
+                               steps=steps, mode=mode, methods={})  # fmt: skip
     for method, rs in runs.items():
         m: dict[str, Any] = dict(n_runs=len(rs), n_complete=sum(bool(r.get("complete")) for r in rs),
                                  seeds=sorted(r["seed"] for r in rs), at={})  # fmt: skip
@@ -423,6 +485,9 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig) -> dict
             else steps_to_threshold(r["steps"], r["returns"], task.threshold)
             for r in rs if r.get("complete")
         ]  # fmt: skip
+        worst = [w for w in (worst_after_reaching(r["steps"], r["returns"], task.threshold)
+                             for r in rs if r.get("complete") and not r.get("static")) if w is not None]  # fmt: skip
+        m["worst_after_reaching"] = bootstrap_ci(worst) if worst else None
         m["threshold_reached"] = sum(s is not None for s in per_seed)
         m["threshold_of"] = len(per_seed)
         m["threshold_steps_median"] = (
@@ -459,19 +524,19 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
         task = TASKS[res["task"]]
         ds = datasets.get(res["task"], {})
         lines += [
-            f"### {res['task']}: {task.env_id} ({task.reward_kind} reward)",
+            f"### {res['task']}: {task.env_id} ({task.reward_kind} reward), {res['mode']} evaluation",
             "",
             f"Dataset `{task.dataset_id}`: {ds.get('episodes', '?')} episodes, {ds.get('transitions', '?')} transitions, "
             f"mean return {ds.get('mean_return', float('nan')):.1f}. Budget {res['steps']} env steps, evaluation every "
-            f"{cfg.task_eval_every(task)} steps ({cfg.eval_episodes} deterministic episodes), "
+            f"{cfg.task_eval_every(task)} steps ({cfg.eval_episodes} {res['mode']} episodes), "
             f"threshold {task.threshold:g}.",
             "",
             "IQM of the evaluation return over seeds [bootstrap 95% interval] (n = seeds with that evaluation):",
             "",
             "| method | " + " | ".join(f"{b} steps" for b in res["budgets"])
-            + f" | steps to {task.threshold:g} (IQM curve) | ratio to EXPO | seeds reaching it | EXPO vs it at "
-            + " / ".join(str(b) for b in res["budgets"]) + " |",
-            "|---|" + "---|" * len(res["budgets"]) + "---|---|---|---|",
+            + f" | steps to {task.threshold:g} (IQM curve) | ratio to EXPO | seeds reaching it | worst eval after "
+            "reaching it (IQM over those seeds) | EXPO vs it at " + " / ".join(str(b) for b in res["budgets"]) + " |",
+            "|---|" + "---|" * len(res["budgets"]) + "---|---|---|---|---|",
         ]
         order = [m for m in ALL_METHODS if m in res["methods"]]
         for method in order:
@@ -483,9 +548,12 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
             verdict = " / ".join(SHORT_VERDICTS[m["expo_vs"][b]] if b in m.get("expo_vs", {}) else "-"
                                  for b in res["budgets"]) if method != "expo" else "-"  # fmt: skip
             reach = f"{m['threshold_reached']}/{m['threshold_of']}"
+            worst = m.get("worst_after_reaching")
+            worst_cell = "-" if worst is None else f"{worst.fmt()} (n={worst.n})"
             lines.append(
                 f"| {LABELS[method]} | " + " | ".join(cells)
-                + f" | {_fmt_steps(m['threshold_steps_iqm'])} | {_fmt_ratio(m['ratio_to_expo'])} | {reach} | {verdict} |"
+                + f" | {_fmt_steps(m['threshold_steps_iqm'])} | {_fmt_ratio(m['ratio_to_expo'])} | {reach} | "
+                f"{worst_cell} | {verdict} |"
             )
         if "no_data_vs_sac" in res:
             lines += ["", f"Without data, EXPO vs SAC at {res['steps']} steps: "
@@ -493,8 +561,9 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
         lines += ["", "EXPO vs it: `higher` / `lower` = EXPO's interval lies above / below the method's (disjoint 95% "
                   f"intervals), `tie` = they overlap, `n<{MIN_SEEDS_FOR_VERDICT}` = too few seeds for a call. "
                   "Seeds reaching it: seeds whose own evaluation curve reaches the threshold at least once "
-                  "(complete runs only)."]
-        lines += ["", f"![{res['task']}](sample_efficiency_{res['task']}.png)", ""]
+                  "(complete runs only). Worst eval after reaching it: per seed, the lowest evaluation at or after "
+                  "the first that reaches the threshold (stability: how far a run falls back)."]
+        lines += ["", f"![{res['task']} {res['mode']}](sample_efficiency_{res['task']}_{res['mode']}.png)", ""]
     return "\n".join(lines)
 
 
@@ -509,7 +578,7 @@ def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) ->
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw=dict(width_ratios=[3, 2]))
     colors = dict(expo="C0", sac="C1", rlpd="C2", base_only="C7", expo_best_of_n="C4", expo_random_select="C5",
                   expo_no_data="C3")  # fmt: skip
-    for method in [m for m in ALL_METHODS if m in res["methods"]]:
+    for method in [m for m in ALL_METHODS if m in res["methods"] and m in task.methods]:  # variants: table only
         m = res["methods"][method]
         grid, curve = m["curve"]
         pts = np.array([c.point for c in curve])
@@ -530,7 +599,7 @@ def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) ->
     if learning_starts:
         ax.plot([], [], color="0.5", lw=0.8, ls="-.", label=f"random warm-up ends ({learning_starts})")
     ax.set_ylabel("eval return: IQM over seeds, 95% bootstrap band")
-    ax.set_title(f"{task.env_id} ({task.reward_kind} reward)")
+    ax.set_title(f"{task.env_id} ({task.reward_kind} reward), {res['mode']} evaluation")
     ax2.set_ylabel(f"share of seeds with eval return >= {task.threshold:g}")
     ax2.set_ylim(-0.05, 1.05)
     ax2.set_title("seeds at or above the threshold")
@@ -570,9 +639,12 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
             datasets[name] = dataset_summary(TASKS[name], cache_dir)
         except Exception as e:  # the table does not need it
             print(f"report: could not read the {name} dataset ({e})", flush=True)
-        res = analyse(name, data[name], cfg)
-        plot(res, results_dir / f"sample_efficiency_{name}.png", cfg.learning_starts)
-        analyses.append(res)
+        for mode in MODES:
+            res = analyse(name, data[name], cfg, mode)
+            if not res["methods"]:
+                continue
+            plot(res, results_dir / f"sample_efficiency_{name}_{mode}.png", cfg.learning_starts)
+            analyses.append(res)
     text = "\n".join([
         "# Sample efficiency (generated by `python -m bench.sample_efficiency`)",
         "",
@@ -582,6 +654,7 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
     ])  # fmt: skip
     (results_dir / "sample_efficiency.md").write_text(text)
     per_run = {name: {m: [dict(seed=r["seed"], complete=r.get("complete"), steps=r["steps"], returns=r["returns"],
+                               stochastic_returns=r.get("stochastic_returns"),
                                seconds_per_step=r.get("seconds_per_step")) for r in rs]
                       for m, rs in data[name].items()} for name in data}  # fmt: skip
     (results_dir / "sample_efficiency.json").write_text(json.dumps(dict(
@@ -596,7 +669,8 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=list(ALL_METHODS))
+    p.add_argument("--methods", nargs="+", default=None, choices=list(ALL_METHODS),
+                   help="default: each task's own methods (the stability variants only when named)")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0..4 (quick: 0)")
     p.add_argument("--steps", type=int, default=None, help="env-step budget for every task (default: the task's)")
     p.add_argument("--eval-every", type=int, default=None)
@@ -635,12 +709,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.report_only:
         ensure_datasets(sorted({r.split("/")[0] for r in args.runs}) if args.runs else args.tasks, cache_dir)
         # Seed-major order, then task, then method: partial results stay balanced across methods.
-        todo = [(t, m, s) for s in seeds for t in args.tasks for m in TASKS[t].methods if m in args.methods]
+        todo = [(t, m, s) for s in seeds for t in args.tasks for m in (args.methods or TASKS[t].methods)
+                if m in TASKS[t].methods or m in STABILITY_VARIANTS]  # fmt: skip
         if args.runs:
             todo = []
             for spec in args.runs:
                 t, m, s = spec.split("/")
-                if t not in TASKS or m not in TASKS[t].methods:
+                if t not in TASKS or (m not in TASKS[t].methods and m not in STABILITY_VARIANTS):
                     raise SystemExit(f"--runs: unknown task/method in {spec!r}")
                 todo.append((t, m, int(s)))
         t0 = time.time()

@@ -12,7 +12,8 @@ from typing import Optional
 SELECTIONS = ("max_q", "random")
 SELECTION_CRITICS = ("target", "online")
 DETERMINISTIC_NOISES = ("observation", "fixed")
-DETERMINISTIC_CRITICS = ("all", "subset")
+DETERMINISTIC_EDITS = ("sample", "mean")
+DETERMINISTIC_CRITICS = ("subset", "all")
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,17 @@ class OTFConfig:
     :param clip_edited_actions: clip edited actions to [-1, 1] before a critic scores them. Deliberate difference:
         the reference scores out-of-range edits and relies on the env wrapper to clip at env.step.
     :param deterministic_seed: seed of ``predict(deterministic=True)``'s noise.
-    :param deterministic_noise: where ``predict(deterministic=True)`` takes its diffusion noise from:
-        ``"observation"`` (default) draws it from a hash of each observation's bytes and the seed, so that every
-        state gets its own noise and the same state always the same; ``"fixed"`` reuses one seeded draw for every
-        state (ablation: it pins every state to the same quantiles of the base policy and scores far lower).
-    :param deterministic_critics: how deterministic acting scores the candidates: ``"all"`` (default), the mean of
-        all critics, the ensemble's best estimate; ``"subset"``, the min over a fixed seeded subset of
-        ``num_min_qs`` (the stochastic rule with the randomness frozen).
+    :param deterministic_noise: where ``predict(deterministic=True)`` takes its randomness from (diffusion noise,
+        edit noise, critic subsets): ``"observation"`` (default) from a hash of each observation's bytes and the
+        seed, so that every state gets its own draw and the same state always the same one: the stochastic policy,
+        made repeatable; ``"fixed"`` reuses one seeded draw for every state (ablation: it pins every state to the
+        same quantiles of the base policy and one critic pair, and scores far lower).
+    :param deterministic_edits: ``"sample"`` (default): edits drawn like stochastic acting's (from the keyed
+        noise); ``"mean"``: edits at the mean of the edit policy.
+    :param deterministic_critics: ``"subset"`` (default): the min over a random subset of ``num_min_qs`` critics,
+        as stochastic acting (keyed per observation); ``"all"``: the mean of all critics.
     :param deterministic_n_action_samples: N when acting deterministically (``None``: the same N as stochastic
-        acting). The edits of the first ``n_edit_samples`` are taken at their mean.
+        acting).
     """
 
     n_action_samples: int = 8
@@ -70,7 +73,8 @@ class OTFConfig:
     clip_edited_actions: bool = True
     deterministic_seed: int = 0
     deterministic_noise: str = "observation"
-    deterministic_critics: str = "all"
+    deterministic_edits: str = "sample"
+    deterministic_critics: str = "subset"
     deterministic_n_action_samples: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -90,6 +94,8 @@ class OTFConfig:
             raise ValueError(f"num_min_qs must be >= 1, got {self.num_min_qs}")
         if self.deterministic_noise not in DETERMINISTIC_NOISES:
             raise ValueError(f"deterministic_noise must be one of {DETERMINISTIC_NOISES}, got {self.deterministic_noise!r}")
+        if self.deterministic_edits not in DETERMINISTIC_EDITS:
+            raise ValueError(f"deterministic_edits must be one of {DETERMINISTIC_EDITS}, got {self.deterministic_edits!r}")
         if self.deterministic_critics not in DETERMINISTIC_CRITICS:
             raise ValueError(
                 f"deterministic_critics must be one of {DETERMINISTIC_CRITICS}, got {self.deterministic_critics!r}"

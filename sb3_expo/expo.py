@@ -85,10 +85,12 @@ class EXPO(OffPolicyAlgorithm):
     :param selection_critic: ``"target"`` (paper) or ``"online"`` (ablation).
     :param clip_edited_actions: clip edited actions to [-1, 1] before scoring (True; the reference does not).
     :param deterministic_seed: seed of ``predict(deterministic=True)``'s noise.
-    :param deterministic_noise: ``"observation"`` (noise keyed by a hash of each observation: repeatable per state,
-        different across states) or ``"fixed"`` (one seeded draw for every state; ablation) for deterministic acting.
-    :param deterministic_critics: ``"all"`` (mean of all critics) or ``"subset"`` (min over a fixed seeded subset)
-        to score the candidates when acting deterministically.
+    :param deterministic_noise: ``"observation"`` (every draw keyed by a hash of the observation: repeatable per
+        state, distributed per state as stochastic acting) or ``"fixed"`` (one seeded draw for every state; ablation).
+    :param deterministic_edits: ``"sample"`` (edits drawn, keyed) or ``"mean"`` (edits at their mean) when acting
+        deterministically.
+    :param deterministic_critics: ``"subset"`` (min over a random subset of ``num_min_qs``, keyed) or ``"all"``
+        (mean of all critics) to score the candidates when acting deterministically.
     :param deterministic_n_action_samples: N when acting deterministically (``None``: ``n_action_samples``).
     :param replay_buffer_class: replay buffer class, e.g. :class:`sb3_expo.wrappers.MinariReplayBuffer` (default:
         :class:`sb3_expo.wrappers.DeviceReplayBuffer`, SB3's buffer with its arrays on the model's device when that is
@@ -153,6 +155,7 @@ class EXPO(OffPolicyAlgorithm):
         clip_edited_actions: bool = _O.clip_edited_actions,
         deterministic_seed: int = _O.deterministic_seed,
         deterministic_noise: str = _O.deterministic_noise,
+        deterministic_edits: str = _O.deterministic_edits,
         deterministic_critics: str = _O.deterministic_critics,
         deterministic_n_action_samples: Optional[int] = _O.deterministic_n_action_samples,
         replay_buffer_class: Optional[type[ReplayBuffer]] = None,
@@ -211,17 +214,18 @@ class EXPO(OffPolicyAlgorithm):
             n_diffusion_steps, beta_schedule, beta_min, beta_max, clip_sample, sample_temperature
         )
         self.otf_config = OTFConfig(
-            n_action_samples,
-            n_edit_samples,
-            edit_scale,
-            num_min_qs,
-            selection,
-            selection_critic,
-            clip_edited_actions,
-            deterministic_seed,
-            deterministic_noise,
-            deterministic_critics,
-            deterministic_n_action_samples,
+            n_action_samples=n_action_samples,
+            n_edit_samples=n_edit_samples,
+            edit_scale=edit_scale,
+            num_min_qs=num_min_qs,
+            selection=selection,
+            selection_critic=selection_critic,
+            clip_edited_actions=clip_edited_actions,
+            deterministic_seed=deterministic_seed,
+            deterministic_noise=deterministic_noise,
+            deterministic_edits=deterministic_edits,
+            deterministic_critics=deterministic_critics,
+            deterministic_n_action_samples=deterministic_n_action_samples,
         )
         self.policy_kwargs.update(
             diffusion=self.diffusion_config,

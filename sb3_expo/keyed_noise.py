@@ -51,19 +51,34 @@ def observation_keys(obs: Any, seed: int) -> th.Tensor:
     return mix32(summed ^ mix32(th.full_like(summed, seed & _MASK32)))
 
 
-def keyed_normal(keys: th.Tensor, shape: tuple[int, ...], dtype: th.dtype = th.float32) -> th.Tensor:
-    """Standard normal noise of shape ``(B, *shape)``, row ``b`` a pure function of ``keys[b]``.
+def _stream_keys(keys: th.Tensor, stream: int) -> th.Tensor:
+    """Independent keys per use (diffusion noise, edit noise, critic subsets) from one observation key."""
+    return keys if stream == 0 else mix32(keys ^ mix32(th.full_like(keys, stream)))
+
+
+def _keyed_bits(keys: th.Tensor, count: int, salt: int) -> th.Tensor:
+    """(B, count) 24-bit integers, element (b, c) a hash of (keys[b], c, salt)."""
+    counters = th.arange(count, device=keys.device, dtype=th.int64)
+    return mix32((keys[:, None] ^ mix32(2 * counters + salt)[None]) & _MASK32) >> 8
+
+
+def keyed_uniform(keys: th.Tensor, shape: tuple[int, ...], stream: int = 0) -> th.Tensor:
+    """Uniform (0, 1) float32 noise of shape ``(B, *shape)``, row ``b`` a pure function of ``keys[b]`` and ``stream``."""
+    bits = _keyed_bits(_stream_keys(keys, stream), math.prod(shape), 0)
+    return ((bits.to(th.float32) + 0.5) / 16777216.0).view(keys.shape[0], *shape)  # exact in float32, never 0 or 1
+
+
+def keyed_normal(keys: th.Tensor, shape: tuple[int, ...], dtype: th.dtype = th.float32, stream: int = 0) -> th.Tensor:
+    """Standard normal noise of shape ``(B, *shape)``, row ``b`` a pure function of ``keys[b]`` and ``stream``
+    (Box-Muller on two keyed uniforms).
 
     :param keys: (B,) int64 keys from :func:`observation_keys`.
     :param shape: per-row noise shape.
+    :param stream: which independent stream of the key (0: diffusion noise, 1: edit noise, 2: critic subsets).
     """
-    count = math.prod(shape)
-    counters = th.arange(count, device=keys.device, dtype=th.int64)
-    base = mix32((keys[:, None] ^ mix32(2 * counters)[None]) & _MASK32)
-    other = mix32((keys[:, None] ^ mix32(2 * counters + 1)[None]) & _MASK32)
-    # 24-bit uniforms in (0, 1): exact in float32, never 0 (log) nor 1
-    u1 = ((base >> 8).to(th.float32) + 0.5) / 16777216.0
-    u2 = ((other >> 8).to(th.float32) + 0.5) / 16777216.0
+    count, keys = math.prod(shape), _stream_keys(keys, stream)
+    u1 = (_keyed_bits(keys, count, 0).to(th.float32) + 0.5) / 16777216.0
+    u2 = (_keyed_bits(keys, count, 1).to(th.float32) + 0.5) / 16777216.0
     z = th.sqrt(-2.0 * th.log(u1)) * th.cos((2.0 * math.pi) * u2)
     return z.view(keys.shape[0], *shape).to(dtype)
 
@@ -73,3 +88,13 @@ def diffusion_noise(keys: th.Tensor, n_steps: int, repeats: int, action_dim: int
     :meth:`~sb3_expo.parts.DiffusionBasePolicy.sample` takes it: (T, B * repeats, action_dim), state-major rows."""
     per_state = keyed_normal(keys, (n_steps, repeats, action_dim), dtype)  # (B, T, N, d)
     return per_state.permute(1, 0, 2, 3).reshape(n_steps, keys.shape[0] * repeats, action_dim)
+
+
+def edit_noise(keys: th.Tensor, n_edits: int, action_dim: int, dtype: th.dtype = th.float32) -> th.Tensor:
+    """The edit policy's noise for ``n_edits`` edits per keyed state: (B * n_edits, action_dim), state-major rows."""
+    return keyed_normal(keys, (n_edits, action_dim), dtype, stream=1).reshape(keys.shape[0] * n_edits, action_dim)
+
+
+def critic_subsets(keys: th.Tensor, n_critics: int, size: int) -> th.Tensor:
+    """(B, size) distinct member indices per keyed state, uniform over subsets (a keyed random permutation's head)."""
+    return keyed_uniform(keys, (n_critics,), stream=2).argsort(dim=1)[:, : min(size, n_critics)]

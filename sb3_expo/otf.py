@@ -45,7 +45,7 @@ def draw_candidates(
 
     :param base_features: base-policy features of the states, (B, f_base).
     :param edit_features: edit-policy features of the states, (B, f_edit).
-    :param deterministic: take the edit at its mean (deterministic acting also passes keyed ``base_noise``).
+    :param deterministic: take the edit at its mean instead of a sample.
     :param generator: optional random generator.
     :param base_noise: optional pre-drawn diffusion noise, (T, B*N, action_dim) (tests compare paths with it).
     :param edit_noise: optional pre-drawn edit noise, (B*n_edit, action_dim).
@@ -79,6 +79,7 @@ def select_candidates(
     config: OTFConfig,
     generator: Optional[th.Generator] = None,
     critics: str = "subset",
+    row_members: Optional[th.Tensor] = None,
 ) -> Selection:
     """Step 3: score (B, K) candidates with the min over a random critic subset and take the argmax per state.
 
@@ -86,12 +87,17 @@ def select_candidates(
     its score is still reported.
 
     :param critics: ``"subset"``: the min over a random subset of ``num_min_qs`` critics (the paper);
-        ``"all"``: the mean over all critics (deterministic acting, ``OTFConfig.deterministic_critics``).
+        ``"all"``: the mean over all critics.
+    :param row_members: (B, num_min_qs) a subset per state instead of one for the batch (deterministic acting keys
+        them by observation); every member is then evaluated and each state's are gathered.
     """
     batch, k, action_dim = candidates.shape
     features, flat = critic_features.repeat_interleave(k, dim=0), candidates.reshape(batch * k, action_dim)
     if critics == "all":
         scores = q_ensemble(features, flat).mean(dim=0).view(batch, k)
+    elif row_members is not None:
+        q = q_ensemble(features, flat).view(-1, batch, k).transpose(0, 1)  # (B, E, K)
+        scores = q.gather(1, row_members[:, :, None].expand(-1, -1, k)).min(dim=1).values
     else:
         members = random_subset(q_ensemble.n_critics, config.num_min_qs, candidates.device, generator)
         scores = q_ensemble(features, flat, members).min(dim=0).values.view(batch, k)

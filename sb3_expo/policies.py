@@ -24,7 +24,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from sb3_expo.config import DiffusionConfig, OTFConfig
-from sb3_expo.keyed_noise import diffusion_noise, observation_keys
+from sb3_expo.keyed_noise import critic_subsets, diffusion_noise, edit_noise, observation_keys
 from sb3_expo.otf import Selection, draw_candidates, select_candidates
 from sb3_expo.parts import DiffusionBasePolicy, EditPolicy, QEnsemble, Temperature
 
@@ -275,36 +275,38 @@ class EXPOPolicy(BasePolicy):
 
         :param obs: observations as tensors (not yet preprocessed).
         :param use_ema_base: sample from the EMA base policy (acting) or the online one (TD target).
-        :param deterministic: the deterministic mode (see :meth:`_predict`): noise keyed by each observation (or one
-            seeded draw with ``deterministic_noise="fixed"``), edits at their mean, candidates scored as
-            ``deterministic_critics`` says.
+        :param deterministic: the deterministic mode (see :meth:`_predict`): every draw keyed by the observation (or
+            one seeded draw for all with ``deterministic_noise="fixed"``); edits and critics as ``OTFConfig`` says.
         :param generator: random generator for the sampling noise and critic subset (deterministic: a seeded one).
         """
         x = self.preprocess(obs)
         base = self.base_policy_ema if use_ema_base else self.base_policy
         base_features = base.features_extractor(x)
-        config, critics, base_noise = self.otf, "subset", None
+        critic = self.q_ensemble_target if self.otf.selection_critic == "target" else self.q_ensemble
+        otf, config, critics, edit_mean = self.otf, self.otf, "subset", False
+        base_noise = edit_noise_ = row_members = None
         if deterministic:
-            config, critics = self.otf.for_deterministic(), self.otf.deterministic_critics
+            config, critics, edit_mean = otf.for_deterministic(), otf.deterministic_critics, otf.deterministic_edits == "mean"
             if generator is None:
                 generator = self.deterministic_generator()
-            if self.otf.deterministic_noise == "observation":
-                keys = observation_keys(x, self.otf.deterministic_seed)
-                base_noise = diffusion_noise(
-                    keys, base.n_diffusion_steps, config.n_action_samples, base.action_dim, base_features.dtype
-                )
+            if otf.deterministic_noise == "observation":  # every draw keyed by the observation: see keyed_noise.py
+                keys, dtype = observation_keys(x, otf.deterministic_seed), base_features.dtype
+                n, dim = config.n_action_samples, base.action_dim
+                base_noise = diffusion_noise(keys, base.n_diffusion_steps, n, dim, dtype)
+                edit_noise_ = edit_noise(keys, config.n_edit_samples, dim, dtype)
+                row_members = critic_subsets(keys, critic.n_critics, config.num_min_qs) if critics == "subset" else None
         candidates = draw_candidates(
             base,
             self.edit_policy,
             base_features,
             self.edit_policy.features_extractor(x),
             config,
-            deterministic=deterministic,
+            deterministic=edit_mean,
             generator=generator,
             base_noise=base_noise,
+            edit_noise=edit_noise_,
         )
-        critic = self.q_ensemble_target if self.otf.selection_critic == "target" else self.q_ensemble
-        return select_candidates(critic, critic.features_extractor(x), candidates, config, generator, critics)
+        return select_candidates(critic, critic.features_extractor(x), candidates, config, generator, critics, row_members)
 
     def deterministic_generator(self) -> th.Generator:
         """A freshly seeded generator: the same observation and parameters always give the same action."""
@@ -322,11 +324,11 @@ class EXPOPolicy(BasePolicy):
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """Act with the OTF policy on the EMA base policy; actions in [-1, 1] (unscaled by ``predict``).
 
-        ``deterministic=True`` draws each observation's diffusion noise from a hash of its bytes and
-        ``deterministic_seed``, takes the edits at their mean and scores the candidates with the mean of all critics:
-        the same observation and parameters always give the same action, whatever else is in the batch, and states
-        are not pinned to one shared noise draw (which scored far lower: docs/evaluation.md). The reference has no
-        deterministic mode; it evaluates stochastically.
+        ``deterministic=True`` is the same on-the-fly policy with its randomness (diffusion noise, edit noise, critic
+        pair) drawn from a hash of each observation's bytes and ``deterministic_seed``: the same observation and
+        parameters always give the same action, whatever else is in the batch, and each state's action is distributed
+        as a stochastic one. One shared draw for every state (``deterministic_noise="fixed"``) scored far lower
+        (docs/evaluation.md). The reference has no deterministic mode; it evaluates stochastically.
         """
         if not deterministic:
             act = self._act_fn if self._act_fn is not None else self.otf_act
