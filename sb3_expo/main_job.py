@@ -168,6 +168,8 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     def final_evaluation(model: Any, name: str, callback: BothModesEvalCallback) -> dict[str, dict]:
         returns = evaluate_both_modes(model, gym.make(ENV_ID), args.eval_episodes, seed=eval_seed)
+        if callback.history and callback.history[-1][0] == model.num_timesteps:
+            callback.history.pop()  # the curve's last point is replaced by the longer final evaluation
         callback.history.append((int(model.num_timesteps), returns))
         result = {mode: _stats(r) for mode, r in returns.items()}
         for mode, st in result.items():
