@@ -29,7 +29,9 @@ returns fall back after a good phase:
 * ``expo_edit_small``: edit scale 0.05 (the authors' Robomimic value) instead of the cpu preset's 0.1;
 * ``expo_utd4``: 4 critic updates per env step instead of the cpu preset's 2;
 * ``expo_pretrained_critic``: critic and edit policy pretrained offline with the base (the paper starts them from
-  scratch).
+  scratch);
+* ``expo_base_offline``: the base policy keeps training online on offline minibatches only, instead of the 50/50
+  ones (it never imitates the online data).
 
 Every (task, method, seed) run is cached as ``<cache>/runs/<task>/<method>/seed<k>.json`` (written after every
 evaluation, with a checkpoint for resuming), so the table can be built over several invocations::
@@ -92,6 +94,7 @@ STABILITY_VARIANTS: dict[str, dict[str, Any]] = {
     "expo_edit_small": dict(edit_scale=0.05),
     "expo_utd4": dict(gradient_steps=4),
     "expo_pretrained_critic": {},  # pretrain(train_critic=True, train_edit=True)
+    "expo_base_offline": {},  # OfflineBaseEXPO
 }
 TASKS: dict[str, Task] = {
     "pendulum": Task(
@@ -133,6 +136,7 @@ LABELS = {
     "expo_edit_small": "EXPO, edit scale 0.05",
     "expo_utd4": "EXPO, UTD 4",
     "expo_pretrained_critic": "EXPO, critic + edit pretrained",
+    "expo_base_offline": "EXPO, base on offline data only",
 }
 OFFLINE_METHODS = {"expo", "rlpd", "base_only", "expo_best_of_n", "expo_random_select", *STABILITY_VARIANTS}
 PRETRAINED_METHODS = {"expo", "base_only", "expo_best_of_n", "expo_random_select", *STABILITY_VARIANTS}
@@ -260,7 +264,27 @@ def build_model(method: str, task: Task, cfg: RunConfig, env: Any, seed: int) ->
     kwargs = get_preset(cfg.preset, **{**common, **overrides})
     if method != "expo_no_data":
         kwargs.update(offline)
-    return EXPO("MlpPolicy", env, **kwargs)
+    cls = offline_base_expo() if method == "expo_base_offline" else EXPO
+    return cls("MlpPolicy", env, **kwargs)
+
+
+def offline_base_expo() -> type:
+    """EXPO whose base policy trains on offline minibatches only once online (the ``expo_base_offline`` variant):
+    the critic and edit updates are EXPO's, on the 50/50 minibatches."""
+    from sb3_expo import EXPO
+
+    class OfflineBaseEXPO(EXPO):
+        def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+            self.policy.set_training_mode(True)
+            self._update_learning_rate([self.policy.critic_optimizer, self.policy.edit_optimizer])
+            env = self._vec_normalize_env
+            mixed = self.replay_buffer.sample(gradient_steps * batch_size, env=env)  # type: ignore[union-attr]
+            stats = self._update(mixed, gradient_steps, batch_size, update_base=False)
+            offline = self.replay_buffer.sample_offline(batch_size, env=env)  # type: ignore[union-attr]
+            stats.update(self._update(offline, 1, batch_size, update_critic=False, update_edit=False))
+            self._finish_update(stats, gradient_steps)
+
+    return OfflineBaseEXPO
 
 
 def describe_model(model: Any) -> dict[str, Any]:
@@ -345,7 +369,7 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
     steps, eval_every = cfg.task_steps(task), cfg.task_eval_every(task)
     env, eval_env = make_env(task, cfg), make_env(task, cfg)
     eval_seed = 10_000 + 100 * seed
-    cls = SAC if method in ("sac", "rlpd") else EXPO
+    cls = SAC if method in ("sac", "rlpd") else (offline_base_expo() if method == "expo_base_offline" else EXPO)
     record: dict[str, Any]
     start = time.time()
     model = resume(cls, old, key, path, env, seed, tag)
