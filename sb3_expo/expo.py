@@ -6,10 +6,13 @@ the networks, the optimisers and the on-the-fly action selection.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
+import numbers
 import pathlib
+import pickle
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -40,6 +43,10 @@ _O = OTFConfig
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss of EXPO becomes NaN or infinite (checked once per env step)."""
+
+
+class HyperparameterError(ValueError):
+    """Raised when a hyperparameter of EXPO is out of range (at construction, or in a loaded checkpoint)."""
 
 
 class EXPO(OffPolicyAlgorithm):
@@ -202,8 +209,6 @@ class EXPO(OffPolicyAlgorithm):
                 f"EXPO needs a continuous (Box) action space, got {self.action_space}. Its base policy is a diffusion "
                 "model over real-valued actions; use DQN or PPO for discrete action spaces."
             )
-        if gradient_steps == 0 or (gradient_steps < 0 and gradient_steps != -1):
-            raise ValueError(f"gradient_steps must be >= 1 (or -1 for one per collected step), got {gradient_steps}")
         self.base_lr_decay_steps = base_lr_decay_steps
         self.base_ema_tau = base_ema_tau
         self.target_entropy = target_entropy
@@ -241,6 +246,7 @@ class EXPO(OffPolicyAlgorithm):
 
     # ------------------------------------------------------------------ setup
     def _setup_model(self) -> None:
+        self._validate_hyperparameters()  # at construction and on load (a checkpoint's values may have been edited)
         super()._setup_model()
         self._create_aliases()
         action_dim = int(np.prod(self.action_space.shape))  # type: ignore[arg-type]
@@ -251,6 +257,78 @@ class EXPO(OffPolicyAlgorithm):
         self._edit_log_scale = action_dim * math.log(self.otf_config.edit_scale) if self.otf_config.edit_scale > 0 else 0.0
         self._build_step_functions()
         self._warn_if_too_heavy_for_device()
+
+    def _validate_hyperparameters(self) -> None:
+        """Range checks of every numeric hyperparameter, with the parameter's name and a fix in the message.
+
+        Runs before the networks and the buffer are built, at construction and in :meth:`load` (SB3's ``load`` sets
+        the attributes from the checkpoint without calling the constructor). All problems are reported at once.
+        """
+        problems: list[str] = []
+
+        def need(name: str, value: Any, ok: bool, rule: str, fix: str) -> None:
+            if not ok:
+                problems.append(f"{name}={value!r}: must be {rule}. Fix: {fix}.")
+
+        def integer(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def real(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+        need("gamma", self.gamma, real(self.gamma) and 0 < self.gamma <= 1, "a discount in (0, 1]", "e.g. gamma=0.99")
+        need("tau", self.tau, real(self.tau) and 0 <= self.tau <= 1, "a Polyak rate in [0, 1]", "e.g. tau=0.005")
+        for name, value, example in (("buffer_size", self.buffer_size, "1_000_000"), ("batch_size", self.batch_size, "256")):
+            need(name, value, integer(value) and value >= 1, "an int >= 1", f"e.g. {name}={example} (an int: not 1e6)")
+        need("learning_starts", self.learning_starts, integer(self.learning_starts) and self.learning_starts >= 0,
+             "an int >= 0", "e.g. learning_starts=5000, or 0 to act with the policy from the first step")
+        gs = self.gradient_steps
+        need("gradient_steps", gs, integer(gs) and (gs >= 0 or gs == -1),
+             "an int >= 0 (0: collect without training) or -1 (one per collected step)", "e.g. gradient_steps=20")
+        freq = self.train_freq
+        freq_n, freq_unit = (freq if isinstance(freq, tuple) and len(freq) == 2 else (freq, "step"))
+        freq_unit = getattr(freq_unit, "value", freq_unit)
+        need("train_freq", freq, integer(freq_n) and freq_n >= 1 and freq_unit in ("step", "episode"),
+             "an int >= 1 or a tuple (int >= 1, 'step' | 'episode')", "e.g. train_freq=1 or train_freq=(1, 'episode')")
+        lr = self.learning_rate
+        # 0 is allowed: RL Zoo's enjoy loads with learning_rate=0.0 (no training)
+        need("learning_rate", lr, callable(lr) or (real(lr) and lr >= 0), "a float >= 0 or a schedule",
+             "e.g. learning_rate=3e-4")
+        need("base_ema_tau", self.base_ema_tau, real(self.base_ema_tau) and 0 <= self.base_ema_tau <= 1,
+             "an EMA rate in [0, 1]", "e.g. base_ema_tau=0.001")
+        decay = self.base_lr_decay_steps
+        need("base_lr_decay_steps", decay, decay is None or (integer(decay) and decay >= 0),
+             "None (constant) or an int >= 1", "e.g. base_lr_decay_steps=2_000_000, or None")
+        te = self.target_entropy
+        need("target_entropy", te, te == "auto" or real(te), "'auto' or a finite float", "e.g. target_entropy='auto'")
+        chunk = self.candidate_chunk_rows
+        need("candidate_chunk_rows", chunk, chunk is None or (integer(chunk) and chunk >= 0),
+             "None or an int >= 0", "candidate_chunk_rows=None (automatic)")
+        pk = self.policy_kwargs
+        for name, low, example in (
+            ("base_learning_rate", 0.0, "3e-4"),
+            ("temperature_learning_rate", 0.0, "3e-4"),
+            ("initial_temperature", 0.0, "1.0"),
+        ):
+            if name in pk:
+                need(name, pk[name], real(pk[name]) and pk[name] > low, f"a float > {low:g}", f"e.g. {name}={example}")
+        if "base_weight_decay" in pk:
+            wd = pk["base_weight_decay"]
+            need("base_weight_decay", wd, real(wd) and wd >= 0, "a float >= 0", "e.g. base_weight_decay=1e-4")
+        if "n_critics" in pk:
+            n = pk["n_critics"]
+            need("policy_kwargs['n_critics']", n, integer(n) and n >= 1, "an int >= 1", "e.g. n_critics=10")
+        d = self.diffusion_config
+        need("beta_min", d.beta_min, real(d.beta_min) and d.beta_min > 0, "a float > 0", "e.g. beta_min=0.1")
+        need("beta_max", d.beta_max, real(d.beta_max) and d.beta_max >= d.beta_min, "a float >= beta_min",
+             "e.g. beta_max=10.0")
+        need("sample_temperature", d.sample_temperature, real(d.sample_temperature) and d.sample_temperature >= 0,
+             "a float >= 0", "e.g. sample_temperature=1.0")
+        need("n_diffusion_steps", d.n_diffusion_steps, integer(d.n_diffusion_steps) and d.n_diffusion_steps >= 1,
+             "an int >= 1", "e.g. n_diffusion_steps=10")
+        if problems:
+            raise HyperparameterError("EXPO: invalid hyperparameter" + ("s" if len(problems) > 1 else "") + ":\n  " + "\n  ".join(problems))
+        dataclasses.replace(self.otf_config)  # re-runs OTFConfig's own checks (a loaded checkpoint skipped them)
 
     def td_candidate_gflop_per_env_step(self) -> float:
         """Matmul GFLOP of the TD target's candidate sampling per env step (the dominant cost of EXPO)."""
@@ -622,6 +700,39 @@ class EXPO(OffPolicyAlgorithm):
         with atomic_path(_sb3_save_path(path, "pkl"), suffix=".pkl") as tmp:
             super().save_replay_buffer(tmp)
 
+    def load_replay_buffer(
+        self, path: Union[str, pathlib.Path, io.BufferedIOBase], truncate_last_traj: bool = True
+    ) -> None:
+        """SB3's ``load_replay_buffer`` with checks: a truncated or corrupt pickle, a file that is not a replay buffer,
+        and a buffer whose observation / action spaces or number of envs differ from the model's each raise a clear
+        ``ValueError``, and the model keeps its current buffer."""
+        previous = self.replay_buffer
+        try:
+            super().load_replay_buffer(path, truncate_last_traj=truncate_last_traj)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as e:
+            self.replay_buffer = previous
+            raise ValueError(
+                f"'{path}' is not a readable replay buffer ({type(e).__name__}: {e}). The file may be truncated or "
+                "corrupt. Fix: save it again with model.save_replay_buffer(path)."
+            ) from e
+        except AssertionError as e:
+            found = type(self.replay_buffer).__name__
+            self.replay_buffer = previous
+            raise ValueError(f"'{path}' holds a {found}, not an SB3 ReplayBuffer.") from e
+        buffer, problems = self.replay_buffer, []
+        for name in ("observation_space", "action_space"):
+            theirs, ours = getattr(buffer, name, None), getattr(self, name)
+            if theirs != ours:
+                problems.append(f"its {name} is {theirs}, the model's is {ours}")
+        if getattr(buffer, "n_envs", self.n_envs) != self.n_envs:
+            problems.append(f"it was filled by {buffer.n_envs} envs, the model steps {self.n_envs}")
+        if problems:
+            self.replay_buffer = previous
+            raise ValueError(
+                f"The replay buffer in '{path}' does not fit this model: {'; '.join(problems)}. Fix: load a buffer saved "
+                "by a model on the same env (and number of envs), or start with an empty buffer."
+            )
+
     @classmethod
     def load(  # type: ignore[override]
         cls: type[SelfEXPO],
@@ -633,17 +744,24 @@ class EXPO(OffPolicyAlgorithm):
         force_reset: bool = True,
         **kwargs: Any,
     ) -> SelfEXPO:
-        """Load an EXPO model from a ``.zip`` checkpoint; a corrupt or non-EXPO file raises a clear ``ValueError``."""
+        """Load an EXPO model from a ``.zip`` checkpoint; a corrupt or non-EXPO file, or one whose hyperparameters are
+        out of range (an edited file), raises a clear ``ValueError``."""
         _check_expo_checkpoint(path)
-        return super().load(
-            path,
-            env=env,
-            device=device,
-            custom_objects=custom_objects,
-            print_system_info=print_system_info,
-            force_reset=force_reset,
-            **kwargs,
-        )
+        try:
+            return super().load(
+                path,
+                env=env,
+                device=device,
+                custom_objects=custom_objects,
+                print_system_info=print_system_info,
+                force_reset=force_reset,
+                **kwargs,
+            )
+        except HyperparameterError as e:
+            raise HyperparameterError(
+                f"'{path}' holds out-of-range values (was the checkpoint edited?). {e}\n"
+                "Pass corrected values to load(), e.g. EXPO.load(path, batch_size=256), or re-save the model."
+            ) from e
 
     def learn(
         self: SelfEXPO,
@@ -654,7 +772,9 @@ class EXPO(OffPolicyAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfEXPO:
-        """Train online (see SB3's ``learn``)."""
+        """Train online (see SB3's ``learn``). ``total_timesteps`` must be an int >= 0 (an integral float such as
+        ``1e4`` is taken as that int, as SB3's loop does)."""
+        total_timesteps = _check_total_timesteps(total_timesteps)
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,
@@ -676,6 +796,25 @@ def _slice_obs(obs: Any, rows: slice) -> Any:
     if isinstance(obs, dict):
         return {k: v[rows] for k, v in obs.items()}
     return obs[rows]
+
+
+def _check_total_timesteps(total_timesteps: Any) -> int:
+    """``learn``'s step budget as an int, or a ``ValueError`` that says what was wrong with it."""
+    ok = isinstance(total_timesteps, numbers.Real) and not isinstance(total_timesteps, bool)
+    if ok and not isinstance(total_timesteps, numbers.Integral):
+        value = float(total_timesteps)
+        ok = math.isfinite(value) and value.is_integer()
+    if not ok:
+        raise ValueError(
+            f"learn(total_timesteps={total_timesteps!r}): total_timesteps must be a whole number of env steps (an int "
+            "such as 20_000). Fix: pass an int."
+        )
+    if total_timesteps < 0:
+        raise ValueError(
+            f"learn(total_timesteps={total_timesteps!r}): total_timesteps must be >= 0 (the number of env steps to "
+            "train for). Fix: pass a positive int such as 20_000."
+        )
+    return int(total_timesteps)
 
 
 def _sb3_save_path(path: Union[str, pathlib.Path], suffix: str) -> pathlib.Path:

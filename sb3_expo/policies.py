@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
@@ -317,6 +318,18 @@ class EXPOPolicy(BasePolicy):
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self._predict(obs, deterministic=deterministic)
 
+    def predict(
+        self,
+        observation: Union[np.ndarray, dict[str, np.ndarray]],
+        state: Optional[tuple[np.ndarray, ...]] = None,
+        episode_start: Optional[np.ndarray] = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, Optional[tuple[np.ndarray, ...]]]:
+        """SB3's ``predict``; an observation holding NaN or inf raises a ``ValueError`` (the on-the-fly policy would
+        turn it into a NaN action that the env would take silently)."""
+        check_finite_observation(observation)
+        return super().predict(observation, state, episode_start, deterministic)
+
     def otf_act(self, observation: PyTorchObs) -> th.Tensor:
         """Stochastic acting in one fixed-shape call (the unit that ``compile=True`` compiles)."""
         return self.otf_select(observation, use_ema_base=True).actions.clamp(-1.0, 1.0)
@@ -336,6 +349,25 @@ class EXPOPolicy(BasePolicy):
         actions = self.otf_select(observation, use_ema_base=True, deterministic=True).actions
         # Edited actions may leave [-1, 1] when clip_edited_actions=False; what goes to the env never does.
         return actions.clamp(-1.0, 1.0)
+
+
+def check_finite_observation(observation: Any) -> None:
+    """Raise a ``ValueError`` naming the key and the first bad index if a float observation holds NaN or inf."""
+    items = observation.items() if isinstance(observation, dict) else [(None, observation)]
+    for key, value in items:
+        if isinstance(value, th.Tensor):
+            value = value.detach().cpu().numpy()
+        array = np.asarray(value)
+        if array.dtype.kind not in "fc" or np.isfinite(array).all():
+            continue
+        bad = ~np.isfinite(array)
+        where = f"in key '{key}', " if key is not None else ""
+        raise ValueError(
+            f"EXPO.predict: the observation holds {int(bad.sum())} NaN/inf value(s) ({where}first at index "
+            f"{tuple(int(i) for i in np.argwhere(bad)[0])}: {array[bad].flat[0]}). The policy would return a NaN "
+            "action. Fix: find where the env or a wrapper produces it (VecCheckNan(env, raise_exception=True) "
+            "reports the step), or replace non-finite values before predict()."
+        )
 
 
 MlpPolicy = EXPOPolicy

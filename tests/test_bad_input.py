@@ -148,3 +148,178 @@ def test_make_minari_overwrite_keeps_the_old_dataset_when_the_rollout_fails(tmp_
             "Pendulum-v1", "sb3-expo/atomic-test-v0", n_episodes=1, controller=broken_controller, overwrite=True
         )
     assert minari.load_dataset("sb3-expo/atomic-test-v0").total_episodes == 1
+
+
+# ---------------------------------------------------------------- hyperparameter ranges
+BAD_HYPERPARAMETERS = [
+    ("gamma", 1.5, r"gamma=1\.5: must be a discount in \(0, 1\]"),
+    ("gamma", 0.0, r"gamma=0\.0: must be a discount in \(0, 1\]"),
+    ("gamma", float("nan"), r"gamma=nan"),
+    ("tau", -0.5, r"tau=-0\.5: must be a Polyak rate in \[0, 1\]"),
+    ("tau", 2.0, r"tau=2\.0"),
+    ("buffer_size", 0, r"buffer_size=0: must be an int >= 1"),
+    ("buffer_size", 1e6, r"buffer_size=1000000\.0: must be an int >= 1"),
+    ("batch_size", 0, r"batch_size=0: must be an int >= 1"),
+    ("batch_size", -4, r"batch_size=-4: must be an int >= 1"),
+    ("learning_starts", -1, r"learning_starts=-1: must be an int >= 0"),
+    ("gradient_steps", -2, r"gradient_steps=-2: must be an int >= 0 .* or -1"),
+    ("train_freq", 0, r"train_freq=0: must be an int >= 1"),
+    ("train_freq", (2, "epoch"), r"train_freq=\(2, 'epoch'\)"),
+    ("learning_rate", -3e-4, r"learning_rate=-0\.0003: must be a float >= 0 or a schedule"),
+    ("base_learning_rate", 0.0, r"base_learning_rate=0\.0: must be a float > 0"),
+    ("temperature_learning_rate", -1.0, r"temperature_learning_rate=-1\.0"),
+    ("initial_temperature", 0.0, r"initial_temperature=0\.0"),
+    ("base_weight_decay", -1e-4, r"base_weight_decay=-0\.0001: must be a float >= 0"),
+    ("base_ema_tau", 1.5, r"base_ema_tau=1\.5: must be an EMA rate in \[0, 1\]"),
+    ("base_lr_decay_steps", -10, r"base_lr_decay_steps=-10"),
+    ("target_entropy", "high", r"target_entropy='high': must be 'auto' or a finite float"),
+    ("candidate_chunk_rows", -1, r"candidate_chunk_rows=-1"),
+    ("beta_min", 0.0, r"beta_min=0\.0: must be a float > 0"),
+    ("beta_max", 0.01, r"beta_max=0\.01: must be a float >= beta_min"),
+    ("sample_temperature", -1.0, r"sample_temperature=-1\.0"),
+]
+
+
+@pytest.mark.parametrize("name,value,message", BAD_HYPERPARAMETERS, ids=[f"{n}={v}" for n, v, _ in BAD_HYPERPARAMETERS])
+def test_out_of_range_hyperparameters_are_rejected_by_name(name, value, message):
+    from sb3_expo.expo import HyperparameterError
+
+    with pytest.raises(HyperparameterError, match=message) as info:
+        EXPO("MlpPolicy", "Pendulum-v1", **tiny(**{name: value}))
+    assert "Fix:" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_all_bad_hyperparameters_are_reported_at_once():
+    with pytest.raises(ValueError, match=r"hyperparameters:\n  gamma=1\.5.*\n  tau=-0\.5.*\n  batch_size=0"):
+        EXPO("MlpPolicy", "Pendulum-v1", **tiny(gamma=1.5, tau=-0.5, batch_size=0))
+
+
+def test_edge_values_are_accepted():
+    model = EXPO(
+        "MlpPolicy", "Pendulum-v1",
+        **tiny(gamma=1.0, tau=0.0, buffer_size=1, batch_size=1, learning_starts=0, base_lr_decay_steps=None,
+               train_freq=(1, "episode"), learning_rate=lambda progress: 1e-4, target_entropy=-0.5),
+    )
+    assert model.gamma == 1.0 and model.replay_buffer.buffer_size == 1
+
+
+def _edit_checkpoint(src: pathlib.Path, dst: pathlib.Path, **values) -> None:
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            raw = zin.read(item.filename)
+            if item.filename == "data":
+                data = json.loads(raw)
+                data.update(values)
+                raw = json.dumps(data).encode()
+            zout.writestr(item, raw)
+
+
+@pytest.mark.parametrize("values,message", [
+    (dict(batch_size=0), r"batch_size=0: must be an int >= 1"),
+    (dict(gamma=1.5, tau=-0.5), r"gamma=1\.5.*\n  tau=-0\.5"),
+    (dict(buffer_size=0), r"buffer_size=0"),
+])
+def test_edited_checkpoint_with_bad_values_fails_on_load(tmp_path, trained, values, message):
+    good = tmp_path / "good.zip"
+    trained.save(good)
+    bad = tmp_path / "bad.zip"
+    _edit_checkpoint(good, bad, **values)
+    with pytest.raises(ValueError, match=r"'.*bad\.zip' holds out-of-range values \(was the checkpoint edited\?\)") as e:
+        EXPO.load(bad)
+    assert e.match(message)
+    # the documented fix: override the value at load
+    fixed = {k: dict(batch_size=16, gamma=0.99, tau=0.005, buffer_size=5000)[k] for k in values}
+    assert EXPO.load(bad, **fixed).batch_size == 16
+
+
+@pytest.mark.parametrize("steps,message", [
+    (-5, r"total_timesteps must be >= 0"),
+    (10.5, r"total_timesteps must be a whole number"),
+    ("100", r"total_timesteps must be a whole number"),
+    (None, r"total_timesteps must be a whole number"),
+    (float("inf"), r"total_timesteps must be a whole number"),
+])
+def test_learn_rejects_a_bad_step_budget(trained, steps, message):
+    before = trained.num_timesteps
+    with pytest.raises(ValueError, match=message):
+        trained.learn(steps, reset_num_timesteps=False)
+    assert trained.num_timesteps == before
+
+
+def test_learn_takes_an_integral_float_and_zero():
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, **tiny(learning_starts=1000))
+    model.learn(1e1)
+    assert model.num_timesteps == 10
+    model.learn(0)
+    assert model.num_timesteps == 0
+
+
+# ---------------------------------------------------------------- predict on non-finite observations
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_predict_rejects_non_finite_observations(trained, bad, deterministic):
+    obs = np.array([1.0, 0.0, bad], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"EXPO\.predict: the observation holds 1 NaN/inf value\(s\) \(first at index \(2,\)"):
+        trained.predict(obs, deterministic=deterministic)
+    batch = np.zeros((3, 3), dtype=np.float32)
+    batch[1, 0] = bad
+    with pytest.raises(ValueError, match=r"first at index \(1, 0\)"):
+        trained.predict(batch, deterministic=deterministic)
+    action, _ = trained.predict(np.array([1.0, 0.0, 0.5], dtype=np.float32), deterministic=deterministic)
+    assert np.isfinite(action).all()
+
+
+def test_predict_names_the_dict_key_holding_nan():
+    from tests.test_expo_core import DictPendulum
+    import gymnasium as gym
+
+    env = DictPendulum(gym.make("Pendulum-v1"))
+    model = EXPO("MultiInputPolicy", env, **tiny())
+    obs = {"angle": np.array([1.0, 0.0], np.float32), "velocity": np.array([np.nan], np.float32)}
+    with pytest.raises(ValueError, match=r"in key 'velocity', first at index \(0,\)"):
+        model.predict(obs)
+
+
+# ---------------------------------------------------------------- load_replay_buffer
+def test_replay_buffer_from_another_env_is_rejected(tmp_path, trained):
+    other = EXPO("MlpPolicy", "InvertedPendulum-v5", **tiny(learning_starts=1000))
+    other.learn(5)
+    other.save_replay_buffer(tmp_path / "other.pkl")
+    own = trained.replay_buffer
+    with pytest.raises(ValueError, match=r"does not fit this model: its observation_space is Box.*\(4,\).*the model's is Box.*\(3,\).*; its action_space"):
+        trained.load_replay_buffer(tmp_path / "other.pkl")
+    assert trained.replay_buffer is own  # the model keeps its buffer
+
+
+def test_replay_buffer_from_another_number_of_envs_is_rejected(tmp_path, trained):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    two = EXPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2), **tiny(learning_starts=1000))
+    two.learn(4)
+    two.save_replay_buffer(tmp_path / "two.pkl")
+    with pytest.raises(ValueError, match=r"it was filled by 2 envs, the model steps 1"):
+        trained.load_replay_buffer(tmp_path / "two.pkl")
+
+
+def test_truncated_or_foreign_replay_buffer_pickle_gives_a_clear_error(tmp_path, trained):
+    import pickle
+
+    trained.save_replay_buffer(tmp_path / "rb.pkl")
+    raw = (tmp_path / "rb.pkl").read_bytes()
+    (tmp_path / "cut.pkl").write_bytes(raw[: len(raw) // 2])
+    own = trained.replay_buffer
+    with pytest.raises(ValueError, match=r"'.*cut\.pkl' is not a readable replay buffer \(.*\)\. The file may be truncated"):
+        trained.load_replay_buffer(tmp_path / "cut.pkl")
+    (tmp_path / "garbage.pkl").write_bytes(b"not a pickle at all")
+    with pytest.raises(ValueError, match=r"is not a readable replay buffer"):
+        trained.load_replay_buffer(tmp_path / "garbage.pkl")
+    (tmp_path / "dict.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match=r"holds a dict, not an SB3 ReplayBuffer"):
+        trained.load_replay_buffer(tmp_path / "dict.pkl")
+    assert trained.replay_buffer is own
+    trained.load_replay_buffer(tmp_path / "rb.pkl")  # the good one still loads
+    assert trained.replay_buffer.size() == own.size()
