@@ -22,6 +22,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
@@ -31,7 +32,7 @@ from torch.profiler import record_function
 from sb3_expo.config import DiffusionConfig, OTFConfig
 from sb3_expo.kernels import native_denoiser
 from sb3_expo.otf import draw_candidates, td_target
-from sb3_expo.policies import EXPOPolicy, MlpPolicy, MultiInputPolicy
+from sb3_expo.policies import CnnPolicy, EXPOPolicy, MlpPolicy, MultiInputPolicy
 from sb3_expo.wrappers.atomic_io import atomic_path
 from sb3_expo.wrappers.device_buffers import DeviceReplayBuffer
 
@@ -57,7 +58,8 @@ class EXPO(OffPolicyAlgorithm):
     Defaults are the authors' (Robomimic settings). They are sized for a GPU: one env step costs ~1.5 TFLOP at UTD 20.
     For a CPU use the ``cpu`` preset: ``EXPO("MlpPolicy", env, **sb3_expo.presets.get_preset("cpu"))``.
 
-    :param policy: ``"MlpPolicy"``, ``"MultiInputPolicy"`` (Dict observations) or an :class:`EXPOPolicy` subclass.
+    :param policy: ``"MlpPolicy"``, ``"CnnPolicy"`` (images: SB3's NatureCNN per part), ``"MultiInputPolicy"`` (Dict
+        observations) or an :class:`EXPOPolicy` subclass.
     :param env: the environment (Gymnasium env, VecEnv or registered id).
     :param learning_rate: Adam learning rate of the critic ensemble and the edit policy (3e-4), or an SB3 schedule.
     :param base_learning_rate: initial AdamW learning rate of the diffusion base policy (3e-4).
@@ -76,7 +78,8 @@ class EXPO(OffPolicyAlgorithm):
     :param gamma: discount (0.99).
     :param train_freq: update the model every ``train_freq`` steps (1).
     :param gradient_steps: critic updates per env step, the update-to-data ratio (20). Base, edit and temperature
-        are updated once per call, on the last minibatch, as the reference does.
+        are updated once per call, on the last minibatch, as the reference does. ``0``: collect without training,
+        ``-1``: as many as env steps collected (SB3).
     :param n_diffusion_steps: denoising steps T of the base policy (10).
     :param beta_schedule: ``"vp"`` (IDQL) or ``"linear"``.
     :param beta_min: VP schedule beta_min (0.1).
@@ -99,11 +102,15 @@ class EXPO(OffPolicyAlgorithm):
     :param deterministic_critics: ``"subset"`` (min over a random subset of ``num_min_qs``, keyed) or ``"all"``
         (mean of all critics) to score the candidates when acting deterministically.
     :param deterministic_n_action_samples: N when acting deterministically (``None``: ``n_action_samples``).
+    :param action_noise: SB3 action noise added to the on-the-fly policy's actions when collecting (in the scaled
+        [-1, 1] space, then clipped; not in ``predict``), as SAC does. ``None``: none (the paper).
     :param replay_buffer_class: replay buffer class, e.g. :class:`sb3_expo.wrappers.MinariReplayBuffer` (default:
         :class:`sb3_expo.wrappers.DeviceReplayBuffer`, SB3's buffer with its arrays on the model's device when that is
         a GPU, and SB3's numpy storage otherwise).
     :param replay_buffer_kwargs: its kwargs (e.g. ``dict(dataset_id=..., offline_fraction=0.5)``).
     :param optimize_memory_usage: SB3's memory-efficient replay buffer.
+    :param use_sde: SB3's gSDE switch, for SAC compatibility: only ``False`` (EXPO has no Gaussian actor to apply it
+        to); ``True`` raises a ``ValueError``.
     :param compile: ``torch.compile`` the update's forward computations and the acting path (opt-in; fixed shapes,
         CUDA graphs on CUDA). The first calls pay the compilation (tens of seconds on a CPU). On the CPU the diffusion
         sampling (TD-target candidates, acting) stays on the native denoiser when it is in use (it is faster than
@@ -124,6 +131,7 @@ class EXPO(OffPolicyAlgorithm):
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: EXPOPolicy
@@ -165,9 +173,11 @@ class EXPO(OffPolicyAlgorithm):
         deterministic_edits: str = _O.deterministic_edits,
         deterministic_critics: str = _O.deterministic_critics,
         deterministic_n_action_samples: Optional[int] = _O.deterministic_n_action_samples,
+        action_noise: Optional[ActionNoise] = None,
         replay_buffer_class: Optional[type[ReplayBuffer]] = None,
         replay_buffer_kwargs: Optional[dict[str, Any]] = None,
         optimize_memory_usage: bool = False,
+        use_sde: bool = False,
         compile: bool = False,
         mixed_precision: bool = False,
         candidate_chunk_rows: Optional[int] = None,
@@ -179,6 +189,12 @@ class EXPO(OffPolicyAlgorithm):
         device: Union[th.device, str] = "auto",
         _init_setup_model: bool = True,
     ):
+        if use_sde:
+            raise ValueError(
+                "EXPO does not support use_sde=True: gSDE is the state-dependent noise of a Gaussian actor, and EXPO "
+                "has none (its exploration is the diffusion base policy's sampling, the edit policy's noise and the "
+                "max-Q choice among candidates). Fix: drop use_sde, or add action_noise=... for extra exploration."
+            )
         super().__init__(
             policy,
             env,
@@ -190,7 +206,7 @@ class EXPO(OffPolicyAlgorithm):
             gamma,
             train_freq,
             gradient_steps,
-            action_noise=None,
+            action_noise=action_noise,  # added to the on-the-fly action after learning_starts, as SB3 does for SAC
             # on CUDA the buffer lives on the GPU: each env step's G*B rows are gathered there, no host copy
             replay_buffer_class=replay_buffer_class or DeviceReplayBuffer,
             replay_buffer_kwargs=replay_buffer_kwargs,

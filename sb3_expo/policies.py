@@ -20,7 +20,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
@@ -76,6 +76,10 @@ class EXPOPolicy(BasePolicy):
     :param normalize_images: divide image observations by 255.
     :param optimizer_class: optimiser of the critic, edit policy and temperature (Adam).
     :param optimizer_kwargs: its extra kwargs (Adam / AdamW get ``fused=True`` unless these pick an implementation).
+    :param net_arch: SB3's / SAC's spelling of the hidden widths: a list sets both ``edit_net_arch`` and
+        ``critic_net_arch``; ``dict(pi=[...], qf=[...])`` sets the edit policy (``pi``) and each critic (``qf``). The
+        diffusion base policy keeps its own ``base_*`` sizes. Given with ``edit_net_arch`` / ``critic_net_arch``
+        set to other widths, it is an error.
     """
 
     base_policy: DiffusionBasePolicy
@@ -113,7 +117,9 @@ class EXPOPolicy(BasePolicy):
         normalize_images: bool = True,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: Optional[dict[str, Any]] = None,
+        net_arch: Optional[Union[Sequence[int], dict[str, Sequence[int]]]] = None,
     ):
+        edit_net_arch, critic_net_arch = resolve_net_arch(net_arch, edit_net_arch, critic_net_arch)
         if not isinstance(action_space, spaces.Box):
             raise TypeError(
                 f"EXPO needs a continuous (Box) action space, got {type(action_space).__name__}: its base policy is a "
@@ -351,6 +357,48 @@ class EXPOPolicy(BasePolicy):
         return actions.clamp(-1.0, 1.0)
 
 
+_DEFAULT_HIDDEN = (256, 256, 256)
+
+
+def resolve_net_arch(
+    net_arch: Optional[Union[Sequence[int], dict[str, Sequence[int]]]],
+    edit_net_arch: Sequence[int],
+    critic_net_arch: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    """Map SB3's ``net_arch`` (a list, or ``dict(pi=..., qf=...)`` as SAC takes it) onto the edit policy (pi) and the
+    critics (qf). ``None`` keeps ``edit_net_arch`` / ``critic_net_arch``."""
+    if net_arch is None:
+        return list(edit_net_arch), list(critic_net_arch)
+    if isinstance(net_arch, dict):
+        unknown = sorted(set(net_arch) - {"pi", "qf"})
+        if unknown:
+            raise ValueError(
+                f"policy_kwargs['net_arch'] has key(s) {unknown}: EXPO takes 'pi' (the edit policy) and 'qf' (each "
+                "critic), as SAC does. The diffusion base policy is sized by base_hidden_dim / base_n_blocks."
+            )
+        pi, qf = net_arch.get("pi"), net_arch.get("qf")
+    elif isinstance(net_arch, (list, tuple)):
+        pi = qf = net_arch
+    else:
+        raise TypeError(
+            f"policy_kwargs['net_arch'] must be a list of ints or dict(pi=[...], qf=[...]), got {net_arch!r}."
+        )
+    resolved = []
+    for key, given, explicit, name in ((("pi", pi, edit_net_arch, "edit_net_arch")), ("qf", qf, critic_net_arch, "critic_net_arch")):
+        if given is None:
+            resolved.append(list(explicit))
+            continue
+        if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in given):
+            raise ValueError(f"policy_kwargs['net_arch'] ({key}): hidden widths must be ints >= 1, got {list(given)}.")
+        if tuple(explicit) not in (_DEFAULT_HIDDEN, tuple(given)):
+            raise ValueError(
+                f"policy_kwargs has both net_arch ({key}: {list(given)}) and {name}={list(explicit)}: they set the same "
+                f"networks. Fix: keep one of them (drop {name}, e.g. from a preset's policy_kwargs, or drop net_arch)."
+            )
+        resolved.append(list(given))
+    return resolved[0], resolved[1]
+
+
 def check_finite_observation(observation: Any) -> None:
     """Raise a ``ValueError`` naming the key and the first bad index if a float observation holds NaN or inf."""
     items = observation.items() if isinstance(observation, dict) else [(None, observation)]
@@ -371,6 +419,23 @@ def check_finite_observation(observation: Any) -> None:
 
 
 MlpPolicy = EXPOPolicy
+
+
+class CnnPolicy(EXPOPolicy):
+    """EXPOPolicy for image observations: SB3's ``NatureCNN`` features extractor, one per part (base, edit, critic).
+
+    :param features_extractor_class: defaults to :class:`~stable_baselines3.common.torch_layers.NatureCNN`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        **kwargs: Any,
+    ):
+        super().__init__(observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs)
 
 
 class MultiInputPolicy(EXPOPolicy):
