@@ -102,6 +102,16 @@ def test_steps_to_threshold():
         steps_to_threshold([1000, 0], [1.0, 2.0], 0.0)
 
 
+def test_worst_after_reaching_the_threshold():
+    from bench.sample_efficiency import worst_after_reaching
+
+    steps = [0, 250, 500, 750, 1000]
+    assert worst_after_reaching(steps, [-900, -250, -600, -200, -150], -300) == -600  # fell back after reaching it
+    assert worst_after_reaching(steps, [-900, -800, -250, -200, -150], -300) == -250  # stayed above
+    assert worst_after_reaching(steps, [-900, -800, -700, -600, -500], -300) is None  # never reached
+    assert worst_after_reaching(steps, [-900, -950, -999, -300, -310], -300) == -310  # the evaluations before do not count
+
+
 def test_ratio_to_reference():
     assert ratio_to_reference(2000.0, 1000.0) == 2.0
     assert ratio_to_reference(500.0, 1000.0) == 0.5
@@ -145,11 +155,14 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
     for task in se.TASKS.values():
         assert (cache / "minari" / task.dataset_id / "data").is_dir()  # made locally by the project's command
     for name, task in se.TASKS.items():
-        assert (results / f"sample_efficiency_{name}.png").stat().st_size > 1000
+        for mode in se.MODES:
+            assert (results / f"sample_efficiency_{name}_{mode}.png").stat().st_size > 1000
         for method in task.methods:
             run = json.loads((cache / "runs" / name / method / "seed0.json").read_text())
             assert run["complete"] and run["torch_threads"] == 1
-            assert all(np.isfinite(run["returns"]))
+            # both evaluation modes at every evaluation point
+            assert all(np.isfinite(run["returns"])) and all(np.isfinite(run["stochastic_returns"]))
+            assert len(run["returns"]) == len(run["stochastic_returns"]) == len(run["steps"])
             if method == "base_only":
                 assert run["steps"] == [0] and run["static"]
             else:
@@ -158,7 +171,8 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
     for label in ("EXPO", "SAC (no data)", "RLPD-style SAC", "base only (imitation)", "EXPO best-of-N", "EXPO random select", "EXPO (no data)"):
         assert label in table
     summary = json.loads((results / "sample_efficiency.json").read_text())
-    assert {a["task"] for a in summary["analyses"]} == set(se.TASKS)
+    assert {(a["task"], a["mode"]) for a in summary["analyses"]} == {(t, m) for t in se.TASKS for m in se.MODES}
+    assert "stochastic evaluation" in table and "worst eval after reaching it" in table
     # second invocation: everything comes from the cache, nothing is retrained
     before = {p: p.stat().st_mtime_ns for p in (cache / "runs").rglob("*.json")}
     assert se.main(argv + ["--runs", "pendulum/sac/0", "mountaincar/expo/0"]) == 0
