@@ -878,3 +878,21 @@ def _check_expo_checkpoint(path: Any) -> None:
             f"'{policy_class.get('__module__', '?')}' and it has no EXPO base-policy optimiser). Load it with the "
             "algorithm that saved it (e.g. SAC.load)."
         )
+    missing = [f"no '{m}' entry" + (" (the network weights)" if m == "policy.pth" else "") for m in _CHECKPOINT_MEMBERS if m not in names]
+    missing += [f"its 'data' entry has no '{k}'" for k in _CHECKPOINT_DATA_KEYS if k not in data]
+    if missing:
+        raise ValueError(
+            f"'{path}' is an incomplete EXPO checkpoint: {'; '.join(missing)}. The file was written partly or "
+            "edited; load an intact checkpoint, or re-save the model with model.save()."
+        )
+
+
+# What every EXPO checkpoint holds (model.save): the zip members and the keys of its 'data' entry that load() needs.
+_CHECKPOINT_MEMBERS = (
+    "policy.pth",
+    "policy.base_optimizer.pth",
+    "policy.edit_optimizer.pth",
+    "policy.critic_optimizer.pth",
+    "policy.temperature_optimizer.pth",
+)
+_CHECKPOINT_DATA_KEYS = ("policy_class", "observation_space", "action_space", "policy_kwargs")

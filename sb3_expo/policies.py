@@ -333,6 +333,8 @@ class EXPOPolicy(BasePolicy):
     ) -> tuple[np.ndarray, Optional[tuple[np.ndarray, ...]]]:
         """SB3's ``predict``; an observation holding NaN or inf raises a ``ValueError`` (the on-the-fly policy would
         turn it into a NaN action that the env would take silently)."""
+        if isinstance(self.observation_space, spaces.Dict):
+            check_dict_observation(observation, self.observation_space)
         check_finite_observation(observation)
         return super().predict(observation, state, episode_start, deterministic)
 
@@ -397,6 +399,21 @@ def resolve_net_arch(
             )
         resolved.append(list(given))
     return resolved[0], resolved[1]
+
+
+def check_dict_observation(observation: Any, space: spaces.Dict) -> None:
+    """Raise a ``ValueError`` naming the keys if a Dict-space observation is not a dict or lacks keys."""
+    keys = sorted(space.spaces)
+    if not isinstance(observation, dict):
+        raise ValueError(
+            f"EXPO.predict: this policy expects a dict observation with keys {keys}, got {type(observation).__name__}."
+        )
+    missing = [k for k in keys if k not in observation]
+    if missing:
+        raise ValueError(
+            f"EXPO.predict: the observation has no key(s) {missing} of the Dict observation space (it has "
+            f"{sorted(observation)}; the space has {keys}). Fix: pass every key the model was trained with."
+        )
 
 
 def check_finite_observation(observation: Any) -> None:

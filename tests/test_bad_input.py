@@ -323,3 +323,107 @@ def test_truncated_or_foreign_replay_buffer_pickle_gives_a_clear_error(tmp_path,
     assert trained.replay_buffer is own
     trained.load_replay_buffer(tmp_path / "rb.pkl")  # the good one still loads
     assert trained.replay_buffer.size() == own.size()
+
+
+# ---------------------------------------------------------------- robomimic files: file, demo and field named
+def _robomimic_file(tmp_path, edit=None):
+    import h5py
+
+    from tests.test_offline_data import write_robomimic_file
+
+    path = tmp_path / "low_dim.hdf5"
+    write_robomimic_file(path)
+    if edit is not None:
+        with h5py.File(path, "a") as f:
+            edit(f)
+    return path
+
+
+def _replace(f, name, value):
+    del f[name]
+    f.create_dataset(name, data=value)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda f: _replace(f, "data/demo_1/rewards", np.zeros(5)),
+         r"data/demo_1/rewards has 5 rows but data/demo_1/actions has 3"),
+        (lambda f: _replace(f, "data/demo_10/dones", np.zeros(4)),
+         r"data/demo_10/dones has 4 rows but data/demo_10/actions has 5"),
+        (lambda f: _replace(f, "data/demo_0/obs/object", np.zeros((8, 2))),  # same size as (4, 4): no reshape error
+         r"data/demo_0/obs/object has 8 rows but data/demo_0/actions has 4"),
+        (lambda f: _replace(f, "data/demo_1/next_obs/robot0_eef_pos", np.zeros((2, 3))),
+         r"data/demo_1/next_obs/robot0_eef_pos has 2 rows but data/demo_1/actions has 3"),
+        (lambda f: f.__delitem__("data/demo_1/rewards"), r"data/demo_1 has no 'rewards' dataset"),
+        (lambda f: f.__delitem__("data/demo_0/actions"), r"data/demo_0 has no 'actions' dataset"),
+    ],
+    ids=["rewards-length", "dones-length", "obs-rows", "next-obs-rows", "no-rewards", "no-actions"],
+)
+def test_robomimic_validation_names_file_demo_and_field(tmp_path, edit, message):
+    from sb3_expo.wrappers import OfflineDataError, load_robomimic_dataset
+
+    path = _robomimic_file(tmp_path, edit)
+    with pytest.raises(OfflineDataError, match=message) as info:
+        load_robomimic_dataset(path, ["object", "robot0_eef_pos"])
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_truncated_or_garbage_hdf5_names_the_file(tmp_path, damage):
+    from sb3_expo.wrappers import OfflineDataError, load_robomimic_dataset
+
+    path = _robomimic_file(tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 3] if damage == "truncate" else b"garbage" * 100)
+    with pytest.raises(OfflineDataError, match=r"robomimic dataset '.*low_dim\.hdf5' cannot be read as HDF5 .*truncated"):
+        load_robomimic_dataset(path, ["object"])
+
+
+# ---------------------------------------------------------------- checkpoints missing entries
+def _drop_from_checkpoint(src: pathlib.Path, dst: pathlib.Path, member: str | None = None, data_key: str | None = None):
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            if item.filename == member:
+                continue
+            raw = zin.read(item.filename)
+            if item.filename == "data" and data_key is not None:
+                data = json.loads(raw)
+                del data[data_key]
+                raw = json.dumps(data).encode()
+            zout.writestr(item, raw)
+
+
+@pytest.mark.parametrize(
+    "member,data_key,message",
+    [
+        ("policy.pth", None, r"no 'policy\.pth' entry \(the network weights\)"),
+        ("policy.critic_optimizer.pth", None, r"no 'policy\.critic_optimizer\.pth' entry"),
+        (None, "observation_space", r"its 'data' entry has no 'observation_space'"),
+        (None, "action_space", r"its 'data' entry has no 'action_space'"),
+        (None, "policy_class", r"its 'data' entry has no 'policy_class'"),
+    ],
+)
+def test_checkpoint_missing_an_entry_names_it(tmp_path, trained, member, data_key, message):
+    good = tmp_path / "good.zip"
+    trained.save(good)
+    bad = tmp_path / "bad.zip"
+    _drop_from_checkpoint(good, bad, member, data_key)
+    with pytest.raises(ValueError, match=r"'.*bad\.zip' is an incomplete EXPO checkpoint: " + message):
+        EXPO.load(bad)
+
+
+# ---------------------------------------------------------------- Dict observations
+def test_dict_observation_missing_a_key_is_named():
+    import gymnasium as gym
+
+    from tests.test_expo_core import DictPendulum
+
+    model = EXPO("MultiInputPolicy", DictPendulum(gym.make("Pendulum-v1")), **tiny())
+    with pytest.raises(ValueError, match=r"the observation has no key\(s\) \['velocity'\] of the Dict observation space"):
+        model.predict({"angle": np.array([1.0, 0.0], np.float32)})
+    with pytest.raises(ValueError, match=r"expects a dict observation with keys \['angle', 'velocity'\], got ndarray"):
+        model.predict(np.zeros(3, np.float32))

@@ -695,6 +695,31 @@ def _demo_sort_key(name: str) -> tuple[int, Any]:
     return (0, int(suffix)) if suffix.isdigit() else (1, name)
 
 
+def _read_demo_field(demo: Any, field: str, n_steps: int | None, what: str, demo_name: str) -> np.ndarray:
+    """Read ``demo[field]`` as ``(n_steps, -1)`` (``(n_steps,)`` for rewards / dones), or raise an
+    :class:`OfflineDataError` naming the file, the demo and the field (missing, unreadable, or of another length than
+    the demo's ``actions``)."""
+    if field not in demo:
+        raise OfflineDataError(
+            f"{what}: data/{demo_name} has no '{field}' dataset (robomimic demos hold actions, rewards, dones, "
+            "obs/<key> and next_obs/<key>). Fix: regenerate or repair the file."
+        )
+    try:
+        value = np.asarray(demo[field][()])
+    except (OSError, RuntimeError, KeyError) as e:
+        raise OfflineDataError(f"{what}: data/{demo_name}/{field} cannot be read ({e}); the file may be corrupt.") from e
+    if value.ndim == 0:
+        raise OfflineDataError(f"{what}: data/{demo_name}/{field} is a scalar, expected one row per step.")
+    if n_steps is None:
+        return value.reshape(len(value), -1) if value.ndim != 2 else value
+    if len(value) != n_steps:
+        raise OfflineDataError(
+            f"{what}: data/{demo_name}/{field} has {len(value)} rows but data/{demo_name}/actions has {n_steps}: every "
+            "per-step field of a demo must have one row per action. Fix: regenerate or repair the file."
+        )
+    return value.reshape(n_steps, -1)
+
+
 def load_robomimic_dataset(
     path: str | os.PathLike,
     obs_keys: Sequence[str],
@@ -746,7 +771,14 @@ def load_robomimic_dataset(
         )
     action_space = env_action_space
 
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise OfflineDataError(
+            f"{what} cannot be read as HDF5 ({e}). The file may be truncated (an interrupted download or write) or not "
+            "an HDF5 file. Fix: download or write it again."
+        ) from e
+    with f:
         if "data" not in f:
             raise OfflineDataError(f"{what} has no 'data' group; it is not a robomimic dataset.")
         data = f["data"]
@@ -789,15 +821,19 @@ def load_robomimic_dataset(
                         f"{what}: observation keys {missing} are not in {demo_name}/{group} "
                         f"(available: {sorted(demo[group].keys())}). Fix: choose obs_keys among the available keys."
                     )
-            actions = np.asarray(demo["actions"][()])
+            actions = _read_demo_field(demo, "actions", None, what, demo_name)
             n_steps = len(actions)
             if n_steps == 0:
                 continue
-            obs = concat_robomimic_obs({k: demo["obs"][k][()].reshape(n_steps, -1) for k in obs_keys}, obs_keys)
-            nxt = concat_robomimic_obs({k: demo["next_obs"][k][()].reshape(n_steps, -1) for k in obs_keys}, obs_keys)
-            rewards = np.asarray(demo["rewards"][()], dtype=np.float32).reshape(n_steps)
+            obs = concat_robomimic_obs(
+                {k: _read_demo_field(demo, f"obs/{k}", n_steps, what, demo_name) for k in obs_keys}, obs_keys
+            )
+            nxt = concat_robomimic_obs(
+                {k: _read_demo_field(demo, f"next_obs/{k}", n_steps, what, demo_name) for k in obs_keys}, obs_keys
+            )
+            rewards = _read_demo_field(demo, "rewards", n_steps, what, demo_name).astype(np.float32).reshape(n_steps)
             if done_mode == "dones":
-                terms = np.asarray(demo["dones"][()]).reshape(n_steps).astype(bool)
+                terms = _read_demo_field(demo, "dones", n_steps, what, demo_name).reshape(n_steps).astype(bool)
             elif done_mode == "rewards":
                 terms = rewards > 0
             else:
