@@ -293,7 +293,8 @@ class EXPOPolicy(BasePolicy):
         otf, config, critics, edit_mean = self.otf, self.otf, "subset", False
         base_noise = edit_noise_ = row_members = None
         if deterministic:
-            config, critics, edit_mean = otf.for_deterministic(), otf.deterministic_critics, otf.deterministic_edits == "mean"
+            config, critics = otf.for_deterministic(), otf.deterministic_critics
+            edit_mean = otf.deterministic_edits == "mean"
             if generator is None:
                 generator = self.deterministic_generator()
             if otf.deterministic_noise == "observation":  # every draw keyed by the observation: see keyed_noise.py

@@ -52,10 +52,12 @@ def test_native_chain_matches_the_float64_module_path(layer_norm, clip, rows, hi
         torch_chain = base.sample(obs, noise=noise)  # the PyTorch fused float32 chain
     reference = _float64_reference(base, obs, noise)
     th.testing.assert_close(got.double(), reference, rtol=1e-4, atol=1e-4)
-    # as accurate as the PyTorch float32 chain (unclipped chains amplify float32 rounding step after step)
+    # as accurate as the PyTorch float32 chain (unclipped chains amplify float32 rounding step after step). The
+    # absolute slack is float32 rounding in another summation order: MKL picks its GEMM kernels by CPU, and on an
+    # AMD EPYC (Zen 4) host the 64-wide, 300-row clipped case is 4.0e-5 off against the PyTorch chain's 9.2e-6.
     native_error = (got.double() - reference).abs().max()
     torch_error = (torch_chain.double() - reference).abs().max()
-    assert native_error <= 2 * torch_error + 1e-5, (native_error, torch_error)
+    assert native_error <= 2 * torch_error + 5e-5, (native_error, torch_error)
 
 
 @needs_native
