@@ -1,14 +1,15 @@
 """The main job: EXPO offline-to-online on Pendulum-v1 from a local demo dataset, against a SAC baseline.
 
-``python -m sb3_expo.main_job`` (no download; measured 14.5 min wall / 7.2 min CPU on 2 shared CPU cores with a
-load average of 6-7; ``--quick``: about a minute):
+``python -m sb3_expo.main_job`` (no download; about 4 min on 2 CPU cores; ``--quick``: about 20 s):
 
 1. writes the demo dataset ``sb3-expo/pendulum-medium-v0`` (a noisy scripted swing-up controller, 20 episodes,
    mean return about -650; random actions score about -1200, a good policy about -150) under
    ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``), or reuses it;
 2. builds EXPO with the ``cpu`` preset and a 50/50 offline/online replay buffer (``MinariReplayBuffer``),
-   pretrains its diffusion base policy on the dataset (``model.pretrain``), then fine-tunes online;
-3. evaluates it along the way (the learning curve) and at the end (mean return over ``--eval-episodes``), and saves
+   pretrains its diffusion base policy on the dataset (``model.pretrain``), then fine-tunes online after 300
+   uniformly random env steps;
+3. evaluates it along the way (the learning curve) and at the end (``--eval-episodes`` per mode), in both modes:
+   deterministic (SB3's ``evaluate_policy`` default) and stochastic (the paper's evaluation), and saves
    ``expo_pendulum.zip`` (``EXPO.load`` opens it);
 4. trains the baseline for the same env steps: SB3's SAC with its default hyperparameters (2 critics, one gradient
    step per env step) and the SAME 50/50 offline buffer; it has no pretraining (SAC has no imitation phase);
@@ -44,7 +45,7 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--eval-freq", type=int, default=None, help="env steps between learning-curve evaluations (default 500)")
     parser.add_argument("--curve-episodes", type=int, default=None, help="episodes per mode per learning-curve evaluation (default 5)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per mode of the final evaluation (default 20)")
-    parser.add_argument("--learning-starts", type=int, default=None, help="uniformly random env steps before updates (default 0: the pretrained policy acts at once)")
+    parser.add_argument("--learning-starts", type=int, default=None, help="uniformly random env steps before updates, for EXPO and SAC (default 300: without them the critic sees only the pretrained policy's actions and returns fall back after a good phase, docs/evaluation.md)")
     parser.add_argument("--baseline", choices=["sac", "none"], default="sac", help="baseline trained on the same env steps and buffer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="logs/main_job", help="output folder (zip, png, json)")
@@ -54,7 +55,7 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     quick = dict(steps=200, pretrain_steps=50, dataset_episodes=5, eval_freq=100, curve_episodes=1, eval_episodes=2, learning_starts=50)
-    full = dict(steps=3000, pretrain_steps=2000, dataset_episodes=20, eval_freq=500, curve_episodes=5, eval_episodes=20, learning_starts=0)
+    full = dict(steps=3000, pretrain_steps=2000, dataset_episodes=20, eval_freq=500, curve_episodes=5, eval_episodes=20, learning_starts=300)
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
