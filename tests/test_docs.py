@@ -15,7 +15,7 @@ import torch as th
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-TUTORIALS = ["online_minari.md", "offline_to_online.md", "robomimic.md", "zoo.md"]
+TUTORIALS = ["online_minari.md", "offline_to_online.md", "robomimic.md", "zoo.md", "evaluation.md"]
 SKIP_MARK = "# not run by the docs tests"
 
 _BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
