@@ -43,6 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.metrics import Interval, bootstrap_ci
+from bench.sample_efficiency import evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DESIGNS: dict[str, Optional[dict[str, Any]]] = {
@@ -70,25 +71,6 @@ def set_design(model: Any, design: Optional[dict[str, Any]]) -> None:
     model.policy.otf = dataclasses.replace(otf, **fields)
 
 
-def episode_returns(model: Any, env: Any, episodes: int, seed: int, deterministic: bool) -> list[float]:
-    """Returns of ``episodes`` episodes reset with seeds ``seed .. seed + episodes - 1``."""
-    import torch as th
-
-    out = []
-    with th.random.fork_rng(devices=[]):
-        th.manual_seed(seed)
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            done, total = False, 0.0
-            while not done:
-                action, _ = model.predict(obs, deterministic=deterministic)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            out.append(total)
-    return out
-
-
 def evaluate_designs(models: list[pathlib.Path], env_id: str, episodes: int, seed: int, minari_path: Optional[str]) -> dict[str, list[float]]:
     """Every design's episode returns over all ``models`` (``episodes`` each, the same reset seeds)."""
     import gymnasium as gym
@@ -106,7 +88,7 @@ def evaluate_designs(models: list[pathlib.Path], env_id: str, episodes: int, see
             model.policy.otf = original
             set_design(model, design)
             t0 = time.time()
-            rets = episode_returns(model, env, episodes, seed, deterministic=design is not None)
+            rets = evaluate(model, env, episodes, seed, deterministic=design is not None)
             returns[name] += rets
             print(f"{path.name} [{name}]: mean {np.mean(rets):.1f} ({time.time() - t0:.0f} s)", flush=True)
     return returns

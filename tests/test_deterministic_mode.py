@@ -105,22 +105,12 @@ def test_keyed_noise_differs_across_states_where_fixed_noise_does_not():
 
 
 def _returns(model: EXPO, episodes: int, deterministic: bool = True, **design) -> float:
-    """Mean return over ``episodes`` Pendulum episodes (fixed reset seeds) with ``design`` set on the policy."""
+    """Mean return over ``episodes`` Pendulum episodes (the benchmark's evaluation: fixed reset seeds, a seeded torch
+    stream for the stochastic mode) with ``design`` set on the policy."""
+    from bench.sample_efficiency import evaluate
+
     model.policy.otf = dataclasses.replace(model.policy.otf, **design)
-    env = gym.make("Pendulum-v1")
-    totals = []
-    with th.random.fork_rng(devices=[]):
-        th.manual_seed(0)
-        for i in range(episodes):
-            obs, _ = env.reset(seed=100 + i)
-            done, total = False, 0.0
-            while not done:
-                action, _ = model.predict(obs, deterministic=deterministic)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            totals.append(total)
-    return float(np.mean(totals))
+    return float(np.mean(evaluate(model, gym.make("Pendulum-v1"), episodes, seed=100, deterministic=deterministic)))
 
 
 def test_deterministic_scores_like_stochastic_on_an_imitation_policy(pendulum_dataset_id, one_torch_thread):
