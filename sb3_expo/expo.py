@@ -761,7 +761,11 @@ class EXPO(OffPolicyAlgorithm):
         **kwargs: Any,
     ) -> SelfEXPO:
         """Load an EXPO model from a ``.zip`` checkpoint; a corrupt or non-EXPO file, or one whose hyperparameters are
-        out of range (an edited file), raises a clear ``ValueError``."""
+        out of range (an edited file), raises a clear ``ValueError``.
+
+        The offline part of a ``MinariReplayBuffer`` / ``RobomimicReplayBuffer`` is re-attached when its dataset is
+        available; otherwise one ``OfflineDatasetMissingWarning`` names it and the model loads without it (predict,
+        evaluate and online ``learn()`` work) until ``model.replay_buffer.attach_offline()``."""
         _check_expo_checkpoint(path)
         try:
             return super().load(

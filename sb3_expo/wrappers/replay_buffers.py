@@ -15,11 +15,20 @@ The same class works for Box and Dict observation spaces: ``MinariReplayBuffer(.
 
 They are :class:`~sb3_expo.wrappers.DeviceReplayBuffer` subclasses: with ``storage="auto"`` (default) on CUDA, or
 ``storage="device"``, the online AND the offline arrays are torch tensors on the model's device.
+
+Portable checkpoints: SB3's ``load`` (``EXPO.load``, ``SAC.load``, ...) rebuilds the buffer from the saved
+``replay_buffer_class`` / ``replay_buffer_kwargs``. When :class:`MinariReplayBuffer` / :class:`RobomimicReplayBuffer`
+cannot find their dataset there, they do not raise: they warn once (:class:`OfflineDatasetMissingWarning`, naming the
+dataset and how to re-attach it) and start with no offline part, so ``predict``, evaluation and online ``learn()``
+work (on online data only) until ``model.replay_buffer.attach_offline()``. Built directly (a new model), a missing
+dataset still raises :class:`~sb3_expo.wrappers.OfflineDatasetNotFoundError`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any, Union
@@ -35,14 +44,48 @@ from sb3_expo.wrappers.offline_dataset import (
     DoneMode,
     OfflineDataError,
     OfflineDataset,
+    OfflineDatasetNotFoundError,
     OutOfBounds,
     load_minari_dataset,
     load_robomimic_dataset,
+    minari_datasets_root,
     transform_reward,
     validate_offline_dataset,
 )
 
 Samples = Union[ReplayBufferSamples, DictReplayBufferSamples]
+
+
+class OfflineDatasetMissingWarning(UserWarning):
+    """A model was loaded where its offline dataset is not available: its buffer starts without the offline part."""
+
+
+def _inside_sb3_load() -> bool:
+    """Whether the caller runs inside SB3's ``BaseAlgorithm.load`` (any algorithm: EXPO, SAC, TD3, TQC, ...), which
+    rebuilds the replay buffer from the checkpoint's ``replay_buffer_class`` / ``replay_buffer_kwargs``. Frames are
+    matched by code object, not by name, so no other ``load`` is mistaken for it."""
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    target = BaseAlgorithm.load.__func__.__code__  # type: ignore[attr-defined]
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is target:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _empty_dataset(observation_space: spaces.Space, action_space: spaces.Space) -> OfflineDataset:
+    """A zero-row dataset shaped like the buffer's spaces (the offline part of a buffer whose dataset is missing)."""
+
+    def empty_obs() -> Any:
+        if isinstance(observation_space, spaces.Dict):
+            return {k: np.zeros((0, *s.shape), dtype=s.dtype) for k, s in observation_space.spaces.items()}
+        return np.zeros((0, *observation_space.shape), dtype=observation_space.dtype)
+
+    action_dim = int(np.prod(action_space.shape))
+    none = np.zeros(0, dtype=bool)
+    return OfflineDataset(empty_obs(), empty_obs(), np.zeros((0, action_dim), np.float32), np.zeros(0, np.float32), none, none)
 
 
 def offline_row_mask(n_rows: int, offline_fraction: float) -> np.ndarray:
@@ -127,14 +170,17 @@ class OfflineReplayBuffer(DeviceReplayBuffer):
             raise OfflineDataError(
                 f"offline_fraction must be in [0, 1], got {offline_fraction}. Fix: e.g. offline_fraction=0.5."
             )
-        if dataset is None:
+        # A loading subclass sets _missing_dataset (a message) when SB3's load() rebuilds it without its dataset.
+        detached = dataset is None and getattr(self, "_missing_dataset", None) is not None
+        if dataset is None and not detached:
             raise OfflineDataError(
                 f"{type(self).__name__} needs offline data. Fix: pass replay_buffer_kwargs=dict(dataset=...) "
                 "(an OfflineDataset), or use MinariReplayBuffer(dataset_id=...) / RobomimicReplayBuffer(path=...)."
             )
         # Validate everything BEFORE SB3 allocates the online arrays: an error leaves nothing half-built.
         check_storage(storage)
-        validate_offline_dataset(dataset, observation_space, action_space)
+        if dataset is not None:
+            validate_offline_dataset(dataset, observation_space, action_space)
         super().__init__(
             buffer_size,
             observation_space,
@@ -148,7 +194,43 @@ class OfflineReplayBuffer(DeviceReplayBuffer):
         self.offline_fraction = float(offline_fraction)
         self.reward_shift = float(reward_shift)
         self.reward_scale = float(reward_scale)
+        self._set_offline(dataset if dataset is not None else _empty_dataset(observation_space, action_space))
+        if detached:
+            warnings.warn(self._missing_dataset, OfflineDatasetMissingWarning, stacklevel=3)
+
+    # -- attaching the offline part (after a load without the dataset) ------------------------------------------
+
+    @property
+    def offline_attached(self) -> bool:
+        """Whether the buffer holds offline data (False after a load where the dataset was not available)."""
+        return self.offline_size > 0
+
+    def attach_offline(self, dataset: OfflineDataset | None = None, **load_kwargs: Any) -> None:
+        """
+        (Re-)attach the offline part, e.g. after ``EXPO.load`` / ``SAC.load`` on a machine where the dataset was
+        missing. The loading subclasses read their dataset again (same id / path and options as saved); here pass
+        ``dataset``. Validated against the buffer's spaces first: on error the buffer is unchanged.
+
+        :param dataset: the offline data (required for this base class)
+        :param load_kwargs: options of the subclass's loader (``download=True`` for Minari, ``path=`` for robomimic)
+        """
+        if dataset is None:
+            dataset = self._load_offline(**load_kwargs)
+        validate_offline_dataset(dataset, self.observation_space, self.action_space)
         self._set_offline(dataset)
+        self._missing_dataset = None
+
+    def _load_offline(self, **load_kwargs: Any) -> OfflineDataset:
+        raise OfflineDataError(
+            f"{type(self).__name__} does not know where its data comes from. Fix: attach_offline(dataset=...)."
+        )
+
+    def _detach_or_raise(self, error: Exception, message: str) -> None:
+        """Inside SB3's ``load``: remember ``message`` (warned once by ``__init__``) and go on without offline data;
+        anywhere else (a new model, a direct construction): re-raise ``error``."""
+        if not _inside_sb3_load():
+            raise error
+        self._missing_dataset = message
 
     # -- offline storage --------------------------------------------------------------------------------------
 
@@ -207,6 +289,10 @@ class OfflineReplayBuffer(DeviceReplayBuffer):
         :param env: the VecNormalize wrapper, if any, to normalize observations and rewards (as SB3 does)
         :return: ``ReplayBufferSamples`` (Box) or ``DictReplayBufferSamples`` (Dict)
         """
+        if not self.offline_attached:  # loaded without its dataset: online rows only
+            if self.online_size == 0:
+                self.sample_offline(batch_size, env)  # raises: nothing to sample, and says how to attach the data
+            return super().sample(batch_size, env=env)
         if self.online_size == 0:
             return self.sample_offline(batch_size, env)
         mask = offline_row_mask(batch_size, self.offline_fraction)
@@ -231,6 +317,11 @@ class OfflineReplayBuffer(DeviceReplayBuffer):
         :param env: the VecNormalize wrapper, if any
         :return: ``ReplayBufferSamples`` (Box) or ``DictReplayBufferSamples`` (Dict)
         """
+        if not self.offline_attached:
+            raise OfflineDataError(
+                f"This {type(self).__name__} has no offline part: "
+                + (getattr(self, "_missing_dataset", None) or "its dataset is empty.")
+            )
         # np.random like SB3's own buffers, so that model.set_random_seed makes sampling reproducible.
         inds = np.random.randint(0, self.offline_size, size=batch_size)
         return self._get_offline_samples(inds, env)
@@ -341,18 +432,44 @@ class MinariReplayBuffer(OfflineReplayBuffer):
         download: bool = False,
         **kwargs: Any,
     ):
+        self.dataset_id = dataset_id
+        self.obs_keys = list(obs_keys) if obs_keys is not None else None
+        self.out_of_bounds = out_of_bounds
+        self.download = download
         # Load and validate everything before SB3 allocates the online part: nothing half-built on error.
-        dataset = load_minari_dataset(
-            dataset_id,
-            env_action_space=action_space,
-            env_observation_space=observation_space,
-            obs_keys=obs_keys,
-            out_of_bounds=out_of_bounds,
-            download=download,
-        )
+        dataset: OfflineDataset | None = None
+        try:
+            dataset = self._read(observation_space, action_space, download)
+        except (OfflineDatasetNotFoundError, ImportError) as e:
+            self._detach_or_raise(e, self._missing_message(e))
         # *args/**kwargs: SB3's ReplayBuffer arguments and OfflineReplayBuffer's (offline_fraction, reward_shift, ...)
         super().__init__(buffer_size, observation_space, action_space, *args, dataset=dataset, **kwargs)
-        self.dataset_id = dataset_id
+
+    def _read(self, observation_space: spaces.Space, action_space: spaces.Space, download: bool) -> OfflineDataset:
+        return load_minari_dataset(
+            self.dataset_id,
+            env_action_space=action_space,
+            env_observation_space=observation_space,
+            obs_keys=self.obs_keys,
+            out_of_bounds=self.out_of_bounds,
+            download=download,
+        )
+
+    def _load_offline(self, download: bool | None = None) -> OfflineDataset:  # type: ignore[override]
+        """:meth:`attach_offline` for Minari: read ``dataset_id`` again (``download=True`` to fetch it if missing)."""
+        return self._read(self.observation_space, self.action_space, self.download if download is None else download)
+
+    def _missing_message(self, error: Exception) -> str:
+        root = minari_datasets_root()
+        where = f"$MINARI_DATASETS_PATH={root}" if os.environ.get("MINARI_DATASETS_PATH") else f"{root}, MINARI_DATASETS_PATH unset"
+        why = "the 'minari' package is not installed" if isinstance(error, ImportError) else f"not in {where}"
+        return (
+            f"Offline dataset: Minari dataset {self.dataset_id!r} is not available on this machine ({why}), so this "
+            f"model's {type(self).__name__} starts without its offline part: predict, evaluation and learn() work, "
+            "learn() on online data only (pretrain() needs the dataset). To re-attach it, make the dataset local "
+            f"(`minari download {self.dataset_id}`, or copy it to {os.path.join(root, self.dataset_id)}) and call "
+            "model.replay_buffer.attach_offline()."
+        )
 
 
 class DictMinariReplayBuffer(MinariReplayBuffer, DictDeviceReplayBuffer):
@@ -399,15 +516,45 @@ class RobomimicReplayBuffer(OfflineReplayBuffer):
         out_of_bounds: OutOfBounds = "error",
         **kwargs: Any,
     ):
-        dataset = load_robomimic_dataset(
-            path,
-            obs_keys,
-            filter_key,
-            env_action_space=action_space,
-            env_observation_space=observation_space,
-            out_of_bounds=out_of_bounds,
-            done_mode=done_mode,
-        )
-        super().__init__(buffer_size, observation_space, action_space, *args, dataset=dataset, **kwargs)
         self.path = os.fspath(path)
         self.obs_keys = list(obs_keys)
+        self.filter_key = filter_key
+        self.done_mode = done_mode
+        self.out_of_bounds = out_of_bounds
+        dataset: OfflineDataset | None = None
+        try:
+            dataset = self._read(observation_space, action_space)
+        except (OfflineDatasetNotFoundError, ImportError) as e:
+            self._detach_or_raise(e, self._missing_message(e))
+        super().__init__(buffer_size, observation_space, action_space, *args, dataset=dataset, **kwargs)
+
+    def _read(self, observation_space: spaces.Space, action_space: spaces.Space) -> OfflineDataset:
+        return load_robomimic_dataset(
+            self.path,
+            self.obs_keys,
+            self.filter_key,
+            env_action_space=action_space,
+            env_observation_space=observation_space,
+            out_of_bounds=self.out_of_bounds,
+            done_mode=self.done_mode,
+        )
+
+    def _load_offline(self, path: str | os.PathLike | None = None) -> OfflineDataset:  # type: ignore[override]
+        """:meth:`attach_offline` for robomimic: read the file again (``path=`` if it now lives elsewhere)."""
+        previous = self.path
+        if path is not None:
+            self.path = os.fspath(path)
+        try:
+            return self._read(self.observation_space, self.action_space)
+        except Exception:
+            self.path = previous
+            raise
+
+    def _missing_message(self, error: Exception) -> str:
+        why = "h5py is not installed" if isinstance(error, ImportError) else "the file does not exist"
+        return (
+            f"Offline dataset: robomimic dataset {self.path!r} is not available on this machine ({why}), so this "
+            f"model's {type(self).__name__} starts without its offline part: predict, evaluation and learn() work, "
+            "learn() on online data only (pretrain() needs the dataset). To re-attach it, put the file there and call "
+            "model.replay_buffer.attach_offline(), or model.replay_buffer.attach_offline(path=...) where it is."
+        )
