@@ -33,10 +33,21 @@ from sb3_expo.config import DiffusionConfig, OTFConfig
 from sb3_expo.kernels import native_denoiser
 from sb3_expo.otf import draw_candidates, td_target
 from sb3_expo.policies import CnnPolicy, EXPOPolicy, MlpPolicy, MultiInputPolicy
+from sb3_expo.presets import resolve_preset
 from sb3_expo.wrappers.atomic_io import atomic_path
 from sb3_expo.wrappers.device_buffers import DeviceReplayBuffer
 
 SelfEXPO = TypeVar("SelfEXPO", bound="EXPO")
+
+
+class _PresetValue:
+    """Default of the arguments a preset sets: "not passed", so the preset picked (``preset=``) gives the value."""
+
+    def __repr__(self) -> str:
+        return "<from preset>"
+
+
+_FROM_PRESET: Any = _PresetValue()
 
 _D = DiffusionConfig  # defaults of the shared configs: the constructor reads them from one place
 _O = OTFConfig
@@ -55,8 +66,10 @@ class EXPO(OffPolicyAlgorithm):
     ensemble, and an on-the-fly policy that takes the highest-Q of N base and N edited actions (to act and in the TD
     target). Paper: "EXPO: Stable Reinforcement Learning with Expressive Policies", Dong et al. 2025.
 
-    Defaults are the authors' (Robomimic settings). They are sized for a GPU: one env step costs ~1.5 TFLOP at UTD 20.
-    For a CPU use the ``cpu`` preset: ``EXPO("MlpPolicy", env, **sb3_expo.presets.get_preset("cpu"))``.
+    Defaults fit the device (``preset="auto"``): on CUDA the authors' (Robomimic settings, ~1.5 TFLOP per env step at
+    UTD 20; the values in parentheses below), otherwise the ``cpu`` preset (every mechanism, smaller networks, T = 5,
+    N = 4, UTD 2). Only the arguments not passed take the preset's values (``policy_kwargs`` key by key); force one
+    with ``preset="reference"`` or ``preset="cpu"``. A loaded model keeps its saved settings.
 
     :param policy: ``"MlpPolicy"``, ``"CnnPolicy"`` (images: SB3's NatureCNN per part), ``"MultiInputPolicy"`` (Dict
         observations) or an :class:`EXPOPolicy` subclass.
@@ -126,6 +139,8 @@ class EXPO(OffPolicyAlgorithm):
     :param verbose: 0 silent, 1 info, 2 debug.
     :param seed: random seed.
     :param device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    :param preset: where the arguments not passed take their values: ``"auto"`` (``"reference"`` on CUDA, ``"cpu"``
+        otherwise), ``"reference"`` (the authors'), ``"cpu"`` or ``"tiny"`` (see :mod:`sb3_expo.presets`).
     :param _init_setup_model: build the networks at construction.
     """
 
@@ -140,31 +155,31 @@ class EXPO(OffPolicyAlgorithm):
         self,
         policy: Union[str, type[EXPOPolicy]],
         env: Union[GymEnv, str],
-        learning_rate: Union[float, Schedule] = 3e-4,
+        learning_rate: Union[float, Schedule] = _FROM_PRESET,
         base_learning_rate: float = 3e-4,
-        base_lr_decay_steps: Optional[int] = 2_000_000,
+        base_lr_decay_steps: Optional[int] = _FROM_PRESET,
         base_weight_decay: float = 1e-4,
         base_ema_tau: float = 0.001,
         temperature_learning_rate: float = 3e-4,
         initial_temperature: float = 1.0,
         target_entropy: Union[str, float] = "auto",
-        buffer_size: int = 1_000_000,
-        learning_starts: int = 5000,
-        batch_size: int = 256,
+        buffer_size: int = _FROM_PRESET,
+        learning_starts: int = _FROM_PRESET,
+        batch_size: int = _FROM_PRESET,
         tau: float = 0.005,
         gamma: float = 0.99,
         train_freq: Union[int, tuple[int, str]] = 1,
-        gradient_steps: int = 20,
-        n_diffusion_steps: int = _D.n_diffusion_steps,
+        gradient_steps: int = _FROM_PRESET,
+        n_diffusion_steps: int = _FROM_PRESET,
         beta_schedule: str = _D.beta_schedule,
         beta_min: float = _D.beta_min,
         beta_max: float = _D.beta_max,
         clip_sample: bool = _D.clip_sample,
         sample_temperature: float = _D.sample_temperature,
-        edit_scale: float = _O.edit_scale,
-        n_action_samples: int = _O.n_action_samples,
-        n_edit_samples: int = _O.n_edit_samples,
-        num_min_qs: int = _O.num_min_qs,
+        edit_scale: float = _FROM_PRESET,
+        n_action_samples: int = _FROM_PRESET,
+        n_edit_samples: int = _FROM_PRESET,
+        num_min_qs: int = _FROM_PRESET,
         selection: str = _O.selection,
         selection_critic: str = _O.selection_critic,
         clip_edited_actions: bool = _O.clip_edited_actions,
@@ -187,6 +202,7 @@ class EXPO(OffPolicyAlgorithm):
         verbose: int = 0,
         seed: Optional[int] = None,
         device: Union[th.device, str] = "auto",
+        preset: str = "auto",
         _init_setup_model: bool = True,
     ):
         if use_sde:
@@ -195,6 +211,28 @@ class EXPO(OffPolicyAlgorithm):
                 "has none (its exploration is the diffusion base policy's sampling, the edit policy's noise and the "
                 "max-Q choice among candidates). Fix: drop use_sde, or add action_noise=... for extra exploration."
             )
+        # Arguments left at _FROM_PRESET take the preset's value (explicit arguments always win).
+        given = dict(
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            gradient_steps=gradient_steps,
+            base_lr_decay_steps=base_lr_decay_steps,
+            n_diffusion_steps=n_diffusion_steps,
+            n_action_samples=n_action_samples,
+            n_edit_samples=n_edit_samples,
+            edit_scale=edit_scale,
+            num_min_qs=num_min_qs,
+        )
+        preset_name, chosen, policy_kwargs = resolve_preset(
+            preset, device, {k: v for k, v in given.items() if v is not _FROM_PRESET}, policy_kwargs
+        )
+        learning_rate, buffer_size, learning_starts = chosen["learning_rate"], chosen["buffer_size"], chosen["learning_starts"]
+        batch_size, gradient_steps = chosen["batch_size"], chosen["gradient_steps"]
+        base_lr_decay_steps, n_diffusion_steps = chosen["base_lr_decay_steps"], chosen["n_diffusion_steps"]
+        n_action_samples, n_edit_samples = chosen["n_action_samples"], chosen["n_edit_samples"]
+        edit_scale, num_min_qs = chosen["edit_scale"], chosen["num_min_qs"]
         super().__init__(
             policy,
             env,
@@ -224,6 +262,13 @@ class EXPO(OffPolicyAlgorithm):
             raise TypeError(
                 f"EXPO needs a continuous (Box) action space, got {self.action_space}. Its base policy is a diffusion "
                 "model over real-valued actions; use DQN or PPO for discrete action spaces."
+            )
+        self.preset = preset_name  # saved with the model: a loaded model keeps its settings, nothing is re-picked
+        if _init_setup_model and verbose >= 1:  # SB3's load() builds with _init_setup_model=False: no message then
+            why = "asked for" if preset != "auto" else f"auto on {self.device.type}"
+            print(
+                f"EXPO preset '{preset_name}' ({why}) for the arguments not given; force one with "
+                "EXPO(..., preset='reference') (the authors' GPU settings) or preset='cpu'."
             )
         self.base_lr_decay_steps = base_lr_decay_steps
         self.base_ema_tau = base_ema_tau

@@ -98,3 +98,57 @@ def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
     kwargs.update(overrides)
     kwargs["policy_kwargs"] = policy_kwargs
     return kwargs
+
+
+# The constructor's value of every argument a preset may set, when the preset picked does not set it (the authors').
+REFERENCE_DEFAULTS: dict[str, Any] = dict(
+    learning_rate=3e-4,
+    buffer_size=1_000_000,
+    learning_starts=5000,
+    batch_size=256,
+    gradient_steps=20,
+    base_lr_decay_steps=2_000_000,
+    n_diffusion_steps=10,
+    n_action_samples=8,
+    n_edit_samples=8,
+    edit_scale=0.05,
+    num_min_qs=2,
+)
+
+
+def device_preset(device: Any) -> str:
+    """The preset ``preset="auto"`` picks: ``"reference"`` (the authors' settings) on CUDA, ``"cpu"`` otherwise.
+
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device`` (resolved as SB3 does)
+    """
+    from stable_baselines3.common.utils import get_device
+
+    return "reference" if get_device(device).type == "cuda" else "cpu"
+
+
+def resolve_preset(
+    preset: str, device: Any, passed: dict[str, Any], policy_kwargs: dict[str, Any] | None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Fill the arguments the user did not pass from a preset (what ``EXPO(..., preset=...)`` does).
+
+    :param preset: ``"auto"`` (:func:`device_preset`), or a name of :data:`PRESETS`
+    :param device: the model's device argument (for ``"auto"``)
+    :param passed: the user's values of :data:`REFERENCE_DEFAULTS`' arguments; the ones not passed are absent
+    :param policy_kwargs: the user's ``policy_kwargs``: merged over the preset's, key by key (the user's win; an SB3
+        ``net_arch`` replaces the preset's ``edit_net_arch`` / ``critic_net_arch``)
+    :return: the preset's name, the value of every argument of :data:`REFERENCE_DEFAULTS`, the merged policy_kwargs
+    """
+    name = device_preset(device) if preset == "auto" else preset
+    if name not in PRESETS:
+        raise ValueError(
+            f"Unknown EXPO preset {preset!r}. Fix: preset='auto' (the authors' settings on CUDA, 'cpu' otherwise), "
+            f"or one of {sorted(PRESETS)}."
+        )
+    values = get_preset(name)
+    preset_pk = values.pop("policy_kwargs")
+    user_pk = dict(policy_kwargs or {})
+    if "net_arch" in user_pk:
+        preset_pk.pop("edit_net_arch", None)
+        preset_pk.pop("critic_net_arch", None)
+    chosen = {key: passed.get(key, values.get(key, default)) for key, default in REFERENCE_DEFAULTS.items()}
+    return name, chosen, {**preset_pk, **user_pk}
