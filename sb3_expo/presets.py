@@ -100,20 +100,13 @@ def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
-# The constructor's value of every argument a preset may set, when the preset picked does not set it (the authors').
-REFERENCE_DEFAULTS: dict[str, Any] = dict(
-    learning_rate=3e-4,
-    buffer_size=1_000_000,
-    learning_starts=5000,
-    batch_size=256,
-    gradient_steps=20,
-    base_lr_decay_steps=2_000_000,
-    n_diffusion_steps=10,
-    n_action_samples=8,
-    n_edit_samples=8,
-    edit_scale=0.05,
-    num_min_qs=2,
-)
+# The constructor's value of every argument a preset may set, when the preset picked does not set it: the authors'
+# (the reference preset's, plus the two arguments only the cpu / tiny presets change).
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    **{k: v for k, v in PRESETS["reference"].items() if k != "policy_kwargs"},
+    "buffer_size": 1_000_000,
+    "base_lr_decay_steps": 2_000_000,
+}
 
 
 def device_preset(device: Any) -> str:
