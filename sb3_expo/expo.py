@@ -359,7 +359,7 @@ class EXPO(OffPolicyAlgorithm):
              "an EMA rate in [0, 1]", "e.g. base_ema_tau=0.001")
         decay = self.base_lr_decay_steps
         need("base_lr_decay_steps", decay, decay is None or (integer(decay) and decay >= 0),
-             "None (constant) or an int >= 1", "e.g. base_lr_decay_steps=2_000_000, or None")
+             "None or 0 (a constant rate) or an int >= 1 (the cosine horizon)", "e.g. base_lr_decay_steps=2_000_000, or None")
         te = self.target_entropy
         need("target_entropy", te, te == "auto" or real(te), "'auto' or a finite float", "e.g. target_entropy='auto'")
         chunk = self.candidate_chunk_rows
