@@ -693,13 +693,19 @@ class EXPO(OffPolicyAlgorithm):
         train_critic: bool = False,
         train_edit: bool = False,
         gradient_steps: int = 1,
-        progress_bar: bool = True,
+        progress_bar: bool = False,
         log_interval: int = 1000,
-        tb_log_name: str = "pretrain",
+        tb_log_name: str = "EXPO",
     ) -> SelfEXPO:
         """Offline pretraining on the replay buffer's offline part (EXPO's offline-to-online setting).
 
         By default only the base policy is pretrained (the paper: critic and edit policy start from scratch online).
+
+        Logging follows ``learn()``: the metrics are recorded under ``pretrain/`` and dumped every ``log_interval``
+        steps at ``step=model._n_pretrain_steps``, a count of pretraining steps kept across calls (and saved with the
+        model). Without a logger yet, pretrain() starts the run ``<tensorboard_log>/<tb_log_name>_<i>``, and the next
+        ``learn()`` with the same ``tb_log_name`` (both default to ``"EXPO"``) writes into that same run; inside
+        ``learn()`` (e.g. the zoo's ``PretrainCallback``) it uses the logger ``learn()`` set up.
 
         :param n_steps: number of pretraining steps (each: ``gradient_steps`` critic updates if ``train_critic``, one
             base update, one edit update if ``train_edit``).
@@ -707,9 +713,9 @@ class EXPO(OffPolicyAlgorithm):
         :param train_critic: also run critic updates (OTF TD targets on offline transitions).
         :param train_edit: also train the edit policy and temperature (needs a critic: implies ``train_critic``).
         :param gradient_steps: critic updates per pretraining step when ``train_critic``.
-        :param progress_bar: show a progress bar (tqdm).
-        :param log_interval: dump the logs every this many steps.
-        :param tb_log_name: TensorBoard run name.
+        :param progress_bar: show a progress bar, the same one as ``learn(progress_bar=True)`` (tqdm and rich).
+        :param log_interval: dump the logs every this many steps (and after the last one).
+        :param tb_log_name: TensorBoard run name, used when pretrain() starts the run (see above).
         :return: self
         """
         buffer = self.replay_buffer
@@ -718,25 +724,44 @@ class EXPO(OffPolicyAlgorithm):
                 f"pretrain() needs a replay buffer with an offline part, got {type(buffer).__name__}. Pass e.g. "
                 "replay_buffer_class=sb3_expo.wrappers.MinariReplayBuffer, replay_buffer_kwargs=dict(dataset_id=...)."
             )
+        pbar_class: Any = None
+        if progress_bar:
+            from stable_baselines3.common import callbacks as sb3_callbacks
+
+            pbar_class = sb3_callbacks.tqdm  # SB3's ProgressBarCallback bar (tqdm.rich); None without tqdm/rich
+            if pbar_class is None:
+                raise ImportError(
+                    "You must install tqdm and rich in order to use the progress bar of pretrain(progress_bar=True). "
+                    "It is included if you install stable-baselines with the extra packages: "
+                    "`pip install stable-baselines3[extra]`"
+                )
         batch_size = batch_size or self.batch_size
         train_critic = train_critic or train_edit
         if not hasattr(self, "_logger"):  # learn() sets the logger up; pretrain() may come first
             self._logger = configure_logger(self.verbose, self.tensorboard_log, tb_log_name, True)
-        iterator: Any = range(n_steps)
-        if progress_bar:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, desc="EXPO pretrain", unit="step")
+            # the next learn() with this run name writes into this run instead of starting <tb_log_name>_<i+1>
+            self._logger._expo_pretrain_run = (tb_log_name, self.tensorboard_log)  # type: ignore[attr-defined]
+        self._n_pretrain_steps = getattr(self, "_n_pretrain_steps", 0)
+        # the stdout table goes above the live bar: SB3's HumanOutputFormat writes stdout through tqdm.write
+        pbar = None if pbar_class is None else pbar_class(total=n_steps, desc="pretrain", unit="step")
         self.policy.set_training_mode(True)
         g = gradient_steps if train_critic else 1
-        for step in iterator:
-            data = buffer.sample_offline(g * batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            stats = self._update(data, g, batch_size, update_critic=train_critic, update_base=True, update_edit=train_edit)
-            self._finish_update(stats, g, prefix="pretrain")
-            if (step + 1) % log_interval == 0 or step + 1 == n_steps:
-                self.logger.record("pretrain/steps", step + 1)
-                self.logger.dump(step=step + 1)
-        self.policy.set_training_mode(False)
+        try:
+            for step in range(n_steps):
+                data = buffer.sample_offline(g * batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+                stats = self._update(data, g, batch_size, update_critic=train_critic, update_base=True, update_edit=train_edit)
+                self._finish_update(stats, g, prefix="pretrain")
+                self._n_pretrain_steps += 1
+                if (step + 1) % log_interval == 0 or step + 1 == n_steps:
+                    self.logger.record("pretrain/steps", self._n_pretrain_steps)
+                    self.logger.dump(step=self._n_pretrain_steps)
+                if pbar is not None:
+                    pbar.update(1)
+        finally:
+            self.policy.set_training_mode(False)
+            if pbar is not None:
+                pbar.refresh()
+                pbar.close()
         return self
 
     # ------------------------------------------------------------------ save / load
@@ -827,6 +852,33 @@ class EXPO(OffPolicyAlgorithm):
                 f"'{path}' holds out-of-range values (was the checkpoint edited?). {e}\n"
                 "Pass corrected values to load(), e.g. EXPO.load(path, batch_size=256), or re-save the model."
             ) from e
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, Any]:
+        """SB3's ``_setup_learn``; when :meth:`pretrain` started the logger's run under the same ``tb_log_name``
+        (and ``tensorboard_log``), this first ``learn()`` keeps that logger, so pretraining and online training share
+        one TensorBoard run. A logger set with ``set_logger`` is kept as in SB3; later ``learn()`` calls start new
+        runs as in SB3."""
+        logger = getattr(self, "_logger", None)
+        reuse = (
+            not self._custom_logger
+            and getattr(logger, "_expo_pretrain_run", None) == (tb_log_name, self.tensorboard_log)
+        )
+        if logger is not None and hasattr(logger, "_expo_pretrain_run"):
+            del logger._expo_pretrain_run  # type: ignore[union-attr]  # only the first learn() after pretrain()
+        if not reuse:
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        self._custom_logger = True  # SB3 re-creates the logger only when it is not a custom one
+        try:
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        finally:
+            self._custom_logger = False
 
     def learn(
         self: SelfEXPO,

@@ -78,3 +78,95 @@ def test_pretrain_needs_an_offline_buffer():
     model = EXPO("MlpPolicy", "Pendulum-v1", **get_preset("tiny"))
     with pytest.raises(TypeError, match="offline part"):
         model.pretrain(1)
+
+
+# ------------------------------------------------------------------ progress bar and logging, as learn()
+
+
+def _scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_pretrain_then_learn_write_one_tensorboard_run(pendulum_dataset_id, tmp_path):
+    model = _model(pendulum_dataset_id, learning_starts=20)
+    model.tensorboard_log = str(tmp_path)
+    model.pretrain(30, log_interval=10)
+    model.learn(210, log_interval=1)  # one Pendulum episode (200 steps) ends: one dump of rollout/ and train/
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert run.name == "EXPO_1"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # one writer: learn() kept pretrain()'s logger
+    assert [s for s, _ in _scalars(run, "pretrain/base_loss")] == [10, 20, 30]
+    assert [v for _, v in _scalars(run, "pretrain/steps")] == [10, 20, 30]
+    assert _scalars(run, "train/base_loss") and _scalars(run, "train/critic_loss")
+    # every pretraining metric is under pretrain/, none leaks into train/ at pretraining steps
+    assert all(s >= 200 for s, _ in _scalars(run, "train/base_loss"))
+    # a later learn() starts a new run, as in SB3
+    model.learn(10)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["EXPO_1", "EXPO_2"]
+
+
+def test_pretrain_steps_continue_across_calls_and_saves(pendulum_dataset_id, tmp_path):
+    model = _model(pendulum_dataset_id)
+    model.tensorboard_log = str(tmp_path / "tb")
+    model.pretrain(10, log_interval=5)
+    model.pretrain(6, log_interval=5)
+    assert model._n_pretrain_steps == 16
+    (run,) = (tmp_path / "tb").iterdir()
+    assert [s for s, _ in _scalars(run, "pretrain/base_loss")] == [5, 10, 15, 16]
+    model.save(tmp_path / "expo.zip")
+    loaded = EXPO.load(tmp_path / "expo.zip")
+    assert loaded._n_pretrain_steps == 16
+
+
+def test_pretrain_inside_learn_uses_learns_logger(pendulum_dataset_id, tmp_path):
+    """As the zoo's PretrainCallback: pretrain() from _on_training_start logs into learn()'s run."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Pretrain(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.model.pretrain(8, log_interval=4, progress_bar=True)
+
+        def _on_step(self) -> bool:
+            return True
+
+    model = _model(pendulum_dataset_id, learning_starts=10)
+    model.tensorboard_log = str(tmp_path)
+    model.learn(20, callback=Pretrain(), tb_log_name="zoo", progress_bar=True)
+    (run,) = tmp_path.iterdir()
+    assert run.name == "zoo_1"
+    assert [s for s, _ in _scalars(run, "pretrain/base_loss")] == [4, 8]
+
+
+def test_pretrain_keeps_a_logger_set_by_the_user(pendulum_dataset_id, tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    model = _model(pendulum_dataset_id, learning_starts=10)
+    logger = configure(str(tmp_path / "custom"), ["csv"])
+    model.set_logger(logger)
+    model.pretrain(4, log_interval=2)
+    model.learn(12)
+    assert model.logger is logger
+    assert "pretrain/base_loss" in (tmp_path / "custom" / "progress.csv").read_text().splitlines()[0]
+
+
+def test_pretrain_progress_bar_is_opt_in_like_learn(pendulum_dataset_id, monkeypatch):
+    import inspect
+
+    from stable_baselines3.common import callbacks as sb3_callbacks
+
+    for method in (EXPO.pretrain, EXPO.learn):
+        assert inspect.signature(method).parameters["progress_bar"].default is False
+    assert inspect.signature(EXPO.pretrain).parameters["tb_log_name"].default == inspect.signature(EXPO.learn).parameters["tb_log_name"].default
+    model = _model(pendulum_dataset_id)
+    model.pretrain(3, progress_bar=True)  # SB3's bar (tqdm.rich)
+    assert model._n_pretrain_steps == 3
+    monkeypatch.setattr(sb3_callbacks, "tqdm", None)  # what SB3 sees without tqdm / rich
+    with pytest.raises(ImportError, match="tqdm and rich"):
+        model.pretrain(1, progress_bar=True)
+    assert model._n_pretrain_steps == 3
