@@ -69,6 +69,14 @@ CONTROLLERS: dict[str, Controller] = {
     "MountainCarContinuous-v0": mountain_car_bang_bang,
 }
 
+# The demo dataset of each env with a controller: (short name, quality, episodes). Its id is
+# ``sb3-expo/<short name>-<quality>-v0`` (``make_minari.default_dataset_id``), the id zoo_configs/*.yml and the main
+# job read, so the command line and the launcher write and reuse one copy.
+DEMO_DATASETS: dict[str, tuple[str, str, int]] = {
+    "Pendulum-v1": ("pendulum", "medium", 20),
+    "MountainCarContinuous-v0": ("mountaincar", "expert", 10),
+}
+
 # (gaussian noise std in scaled [-1, 1] units, probability of a uniformly random action)
 QUALITY_PRESETS: dict[str, tuple[float, float]] = {
     "expert": (0.05, 0.0),

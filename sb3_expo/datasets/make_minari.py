@@ -5,6 +5,9 @@ Command line::
     python -m sb3_expo.datasets.make_minari --env Pendulum-v1 --episodes 20 --quality medium \\
         --dataset-id sb3-expo/pendulum-medium-v0
 
+Without ``--quality``, ``--episodes`` and ``--dataset-id`` it writes the env's demo dataset, the one
+``zoo_configs/*.yml`` and the main job read (``sb3-expo/pendulum-medium-v0``, ``sb3-expo/mountaincar-expert-v0``).
+
 The dataset is written under ``$MINARI_DATASETS_PATH/<dataset-id>`` (default ``~/.minari/datasets``). Episodes end
 as the env ends them: ``TimeLimit`` cuts are truncations (Pendulum never terminates), reaching the flag in
 MountainCar is a termination.
@@ -24,7 +27,21 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sb3_expo.datasets.controllers import CONTROLLERS, QUALITY_PRESETS, Controller, NoisyController
+from sb3_expo.datasets.controllers import CONTROLLERS, DEMO_DATASETS, QUALITY_PRESETS, Controller, NoisyController
+
+
+def default_dataset_id(env_id: str, quality: str | None = None) -> str:
+    """
+    The id of ``env_id``'s demo dataset: ``sb3-expo/<short name>-<quality>-v0`` (``DEMO_DATASETS`` in
+    ``controllers.py``), e.g. ``sb3-expo/pendulum-medium-v0`` and ``sb3-expo/mountaincar-expert-v0``, the ids
+    ``zoo_configs/*.yml`` and the main job read.
+
+    :param env_id: gymnasium id
+    :param quality: ``"expert"``, ``"medium"`` or ``"random"`` (default: the env's demo quality, else ``"medium"``)
+    :return: the Minari dataset id
+    """
+    short, demo_quality, _ = DEMO_DATASETS.get(env_id, (env_id.split("-")[0].lower(), "medium", 20))
+    return f"sb3-expo/{short}-{quality or demo_quality}-v0"
 
 
 def episode_returns(dataset: Any) -> np.ndarray:
@@ -155,23 +172,26 @@ def main(argv: list[str] | None = None) -> float:
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Pendulum-v1", choices=sorted(CONTROLLERS))
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--quality", default="medium", choices=sorted(QUALITY_PRESETS))
-    parser.add_argument("--dataset-id", default=None, help="default: sb3-expo/<env>-<quality>-v0")
+    demo = "default: the env's demo dataset's, as zoo_configs/*.yml write it"
+    parser.add_argument("--episodes", type=int, default=None, help=f"{demo} (Pendulum 20, MountainCar 10)")
+    parser.add_argument("--quality", default=None, choices=sorted(QUALITY_PRESETS), help=f"{demo} (medium, expert)")
+    parser.add_argument("--dataset-id", default=None, help="default: sb3-expo/<short env name>-<quality>-v0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=None, help="override the quality preset")
     parser.add_argument("--random-prob", type=float, default=None, help="override the quality preset")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    dataset_id = args.dataset_id or f"sb3-expo/{args.env.split('-')[0].lower()}-{args.quality}-v0"
+    _, demo_quality, demo_episodes = DEMO_DATASETS[args.env]
+    quality = args.quality or demo_quality
+    dataset_id = args.dataset_id or default_dataset_id(args.env, quality)
     dataset = make_minari_dataset(
         args.env,
         dataset_id,
-        n_episodes=args.episodes,
+        n_episodes=demo_episodes if args.episodes is None else args.episodes,
         seed=args.seed,
         noise=args.noise,
         random_prob=args.random_prob,
-        quality=args.quality,
+        quality=quality,
         overwrite=args.overwrite,
     )
     rets = episode_returns(dataset)
