@@ -144,8 +144,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     from sb3_expo import EXPO, get_preset
     from sb3_expo.callbacks import BothModesEvalCallback, evaluate_both_modes
     from sb3_expo.datasets.make_minari import episode_returns, make_minari_dataset
-    from sb3_expo.wrappers import MinariReplayBuffer
-    from sb3_expo.wrappers.offline_dataset import minari_datasets_root
+    from sb3_expo.wrappers import MinariReplayBuffer, minari_datasets_root
 
     th.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)

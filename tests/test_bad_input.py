@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sb3_expo import EXPO, get_preset
-from sb3_expo.wrappers.atomic_io import atomic_path
+from sb3_expo.utils.atomic_io import atomic_path
 
 
 def tiny(**overrides):

@@ -19,6 +19,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_expo import EXPO, get_preset
+from sb3_expo.buffers.offline import OfflineDatasetMissingWarning
 from sb3_expo.wrappers import (
     MinariReplayBuffer,
     OfflineDataError,
@@ -27,7 +28,6 @@ from sb3_expo.wrappers import (
     RobomimicReplayBuffer,
     load_minari_dataset,
 )
-from sb3_expo.wrappers.replay_buffers import OfflineDatasetMissingWarning
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -53,7 +53,7 @@ def episode_returns(dataset: Any) -> np.ndarray:
 
 
 def _dataset_exists(dataset_id: str) -> bool:
-    from sb3_expo.wrappers.offline_dataset import minari_datasets_root
+    from sb3_expo.data.minari import minari_datasets_root
 
     return os.path.isdir(os.path.join(minari_datasets_root(), dataset_id, "data"))
 
@@ -62,7 +62,7 @@ def _dataset_exists(dataset_id: str) -> bool:
 def _removed_if_incomplete(dataset_id: str) -> Iterator[None]:
     """Delete the dataset's folder if writing it fails partway: a later call would otherwise reuse a broken dataset
     as an existing one (Minari writes a dataset in place, as a folder; it cannot be renamed into place)."""
-    from sb3_expo.wrappers.offline_dataset import minari_datasets_root
+    from sb3_expo.data.minari import minari_datasets_root
 
     try:
         yield

@@ -39,7 +39,7 @@ from sb3_expo.envs.robomimic_env import (
     env_horizon,
     make_robomimic_env,
 )
-from sb3_expo.wrappers.atomic_io import atomic_path
+from sb3_expo.utils.atomic_io import atomic_path
 
 # OSC_POSE maps an action of 1 to a 5 cm position step (controller output_max).
 _POS_SCALE = 0.05

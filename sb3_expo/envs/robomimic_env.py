@@ -32,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sb3_expo.wrappers import concat_robomimic_obs
+from sb3_expo.data.transforms import concat_robomimic_obs
 
 EnvArgsLike = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 

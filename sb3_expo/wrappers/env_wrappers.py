@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sb3_expo.wrappers.offline_dataset import flatten_dict_obs, flatten_dict_space, transform_reward
+from sb3_expo.data.transforms import flatten_dict_obs, flatten_dict_space, transform_reward
 
 
 class FlattenDictObservation(gym.ObservationWrapper):

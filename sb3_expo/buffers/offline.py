@@ -39,19 +39,12 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_expo.wrappers.device_buffers import DeviceReplayBuffer, DictDeviceReplayBuffer, _tree_map, check_storage
-from sb3_expo.wrappers.offline_dataset import (
-    DoneMode,
-    OfflineDataError,
-    OfflineDataset,
-    OfflineDatasetNotFoundError,
-    OutOfBounds,
-    load_minari_dataset,
-    load_robomimic_dataset,
-    minari_datasets_root,
-    transform_reward,
-    validate_offline_dataset,
-)
+from sb3_expo.buffers.device import DeviceReplayBuffer, DictDeviceReplayBuffer, _tree_map, check_storage
+from sb3_expo.data.dataset import DoneMode, OfflineDataError, OfflineDataset, OfflineDatasetNotFoundError, OutOfBounds
+from sb3_expo.data.minari import load_minari_dataset, minari_datasets_root
+from sb3_expo.data.robomimic import load_robomimic_dataset
+from sb3_expo.data.transforms import transform_reward
+from sb3_expo.data.validation import validate_offline_dataset
 
 Samples = Union[ReplayBufferSamples, DictReplayBufferSamples]
 

@@ -1,0 +1,1 @@
+"""Utilities that are not about RL: ``atomic_io.py`` (atomic file writes)."""
