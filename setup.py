@@ -1,6 +1,27 @@
 """sb3-expo: EXPO (Expressive Policy Optimization) for Stable-Baselines3."""
 
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# Registers EXPO with RL Zoo's own CLI (python -m rl_zoo3.train --algo expo): the .pth file, run at interpreter
+# start-up, imports only the tiny hook module _sb3_expo_rl_zoo.py, which registers EXPO once rl_zoo3 is imported.
+ZOO_HOOK_PTH = "sb3_expo_rl_zoo.pth"
+
+
+class build_py_with_zoo_hook(build_py):
+    """build_py that also puts the .pth file at the root of the wheel (site-packages), editable installs included."""
+
+    def run(self) -> None:
+        super().run()
+        target = self.build_lib
+        if getattr(self, "editable_mode", False):  # pip install -e: the wheel's root is install's install_lib
+            target = self.get_finalized_command("install").install_lib
+        self.copy_file(ZOO_HOOK_PTH, os.path.join(target, ZOO_HOOK_PTH), preserve_mode=False)
+
+    def get_outputs(self, include_bytecode: bool = True) -> list:
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, ZOO_HOOK_PTH)]
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
@@ -30,6 +51,8 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     packages=find_packages(include=["sb3_expo", "sb3_expo.*"]),
+    py_modules=["_sb3_expo_rl_zoo"],
+    cmdclass={"build_py": build_py_with_zoo_hook},
     package_data={"sb3_expo": ["py.typed"], "sb3_expo.kernels": ["*.c", "*.h"]},
     python_requires=">=3.9",
     install_requires=[

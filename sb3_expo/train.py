@@ -1,11 +1,13 @@
 """Train EXPO (or a baseline) with RL Zoo: ``python -m sb3_expo.train --algo expo --env Pendulum-v1 -conf zoo_configs/expo.yml``.
 
 Every ``rl_zoo3.train`` flag works (``--seed``, ``-n``, ``--eval-freq``, ``-params``, ``-optimize``,
-``--save-replay-buffer``, ``-i`` to resume, ``-P`` for a progress bar, ``--num-threads``, ...). This launcher adds:
+``--storage``, ``--save-replay-buffer``, ``-i`` to resume, ``-P`` for a progress bar, ``--num-threads``, ...).
+``python -m rl_zoo3.train --algo expo`` runs the same EXPO code (sb3-expo registers itself with the zoo on import,
+:mod:`_sb3_expo_rl_zoo`); this launcher adds, for every algorithm:
 
-* ``--algo expo`` (EXPO registered in the zoo's tables; ``--algo sac``/``td3``/``tqc`` for baselines);
 * EXPO's extra YAML keys: ``pretrain_steps``, ``pretrain_kwargs``, ``make_dataset``, ``check_dataset_env``
-  (see :mod:`sb3_expo.zoo`), and dotted ``replay_buffer_class`` paths;
+  (see :mod:`sb3_expo.zoo`), and dotted ``replay_buffer_class`` paths (``--algo sac``/``td3``/``tqc`` baselines
+  on the same offline buffers);
 * a missing ``sb3-expo/...`` demo dataset is written on demand;
 * one-line errors, before training starts, for an unknown env id, an unknown YAML key (with the closest valid
   one), a missing dataset or a dataset recorded on another env (exit code 2).
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pathlib
 import sys
 from typing import Optional
 
@@ -34,18 +35,8 @@ def _peek(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--gym-packages", nargs="+", default=[])
-    parser.add_argument("--algo", default="ppo")
-    parser.add_argument("-conf", "--conf-file", default=None)
     args, _ = parser.parse_known_args(argv)
     return args
-
-
-def _default_config() -> Optional[str]:
-    """``zoo_configs/expo.yml`` of the working directory, else of the source checkout this package runs from."""
-    for candidate in (pathlib.Path("zoo_configs/expo.yml"), pathlib.Path(__file__).resolve().parents[1] / "zoo_configs" / "expo.yml"):
-        if candidate.is_file():
-            return str(candidate)
-    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -55,7 +46,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     :return: 0 on success, 2 on a configuration error (printed as one line on stderr)
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    from sb3_expo.wrappers.offline_dataset import OfflineDataError, OfflineDatasetNotFoundError
+    from sb3_expo.wrappers import OfflineDataError, OfflineDatasetNotFoundError
     from sb3_expo.zoo import ZooConfigError, check_env_id, register
 
     register()
@@ -68,12 +59,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             importlib.import_module(module)
         if "-h" not in argv and "--help" not in argv:
             check_env_id(peek.env)
-        if peek.algo == "expo" and peek.conf_file is None:
-            default = _default_config()
-            if default is None:
-                raise ZooConfigError("No -conf given and zoo_configs/expo.yml not found: pass -conf <your expo.yml>.")
-            print(f"Using hyperparameters from {default} (pass -conf to choose another file)")
-            argv = [*argv, "-conf", default]
         old_argv, old_manager = sys.argv, zoo_train.ExperimentManager
         sys.argv = [PROG, *argv]
         zoo_train.ExperimentManager = EXPOExperimentManager  # the zoo builds its manager by this module-level name

@@ -92,7 +92,6 @@ OLD_PATHS = {
         "unscale_action",
         "validate_offline_dataset",
     ],
-    "sb3_expo.wrappers.atomic_io": ["atomic_path"],
     "sb3_expo.wrappers.env_wrappers": ["ClipActionToSpace", "FlattenDictObservation", "ShiftScaleReward"],
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -388,3 +389,119 @@ def test_main_job_quick(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch)
         assert [p[0] for p in saved["expo"]["curves"][mode]] == [0, 100, 200]  # the final evaluation ends the curve
     model = EXPO.load(out / "expo_pendulum.zip")
     assert model.predict(np.zeros(3, dtype=np.float32))[0].shape == (1,)
+
+
+# ------------------------------------------------------------------------------------------------ rl_zoo3's own CLI
+
+
+def test_rl_zoo3_cli_trains_expo(tmp_path: pathlib.Path, pendulum_dataset_id: str) -> None:
+    """``python -m rl_zoo3.train --algo expo``: the zoo's own CLI, through the import hook sb3-expo installs."""
+    conf = tiny_yaml(tmp_path, dataset=pendulum_dataset_id)
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "rl_zoo3.train", "--algo", "expo", "--env", "Pendulum-v1", "-conf", conf, "-f", str(logs),
+           "--eval-freq", "-1", "-n", "60", "--num-threads", "1", "-params", "learning_starts:40"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Pretraining the base policy for 10 steps" in proc.stdout  # EXPO's YAML keys work there too
+    assert EXPO.load(logs / "expo" / "Pendulum-v1_1" / "Pendulum-v1.zip").num_timesteps == 60
+    # without the hook the zoo does not know EXPO: the hook is what makes the command work
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "SB3_EXPO_RL_ZOO": "0"})  # fmt: skip
+    assert proc.returncode == 2 and "invalid choice: 'expo'" in proc.stderr
+
+
+def test_rl_zoo3_cli_leaves_other_algorithms_alone() -> None:
+    from sb3_expo.zoo.experiment_manager import EXPOExperimentManager, RLZooExperimentManager
+
+    hooked, ours = RLZooExperimentManager.__new__(RLZooExperimentManager), EXPOExperimentManager.__new__(EXPOExperimentManager)
+    hooked.algo = ours.algo = "sac"
+    assert not hooked._ours() and ours._ours()  # plain `rl_zoo3.train --algo sac` runs exactly as without sb3-expo
+    hooked.algo = "expo"
+    assert hooked._ours()
+
+
+def test_params_typo_is_blamed_on_params(tmp_path: pathlib.Path, pendulum_dataset_id: str, capsys: pytest.CaptureFixture) -> None:
+    conf = tiny_yaml(tmp_path, dataset=pendulum_dataset_id)
+    line = _fails(["--algo", "expo", "--env", "Pendulum-v1", "-conf", conf, "-f", str(tmp_path / "l"), "-params", "edit_scal:0.2"],
+                  capsys, "-params: unknown hyperparameter 'edit_scal'", "Did you mean 'edit_scale'?")  # fmt: skip
+    assert conf not in line  # the YAML file is not blamed for a command-line typo
+    line = _fails(["--algo", "expo", "--env", "Pendulum-v1", "-conf", conf, "-f", str(tmp_path / "l"), "-params", "gradient_steps:0"],
+                  capsys, "-params: gradient_steps must be")  # fmt: skip
+
+
+def test_resume_says_whether_the_buffer_came_back(
+    tmp_path: pathlib.Path, pendulum_dataset_id: str, capsys: pytest.CaptureFixture
+) -> None:
+    conf = tiny_yaml(tmp_path, dataset=pendulum_dataset_id)
+    logs = tmp_path / "logs"
+    common = ["--algo", "expo", "--env", "Pendulum-v1", "-conf", conf, "-f", str(logs), "--num-threads", "1", "--eval-freq", "-1"]
+    assert train([*common, "-n", "60", "-params", "learning_starts:40"]) == 0  # saved WITHOUT --save-replay-buffer
+    capsys.readouterr()
+    assert train([*common, "-i", str(logs / "expo" / "Pendulum-v1_1" / "Pendulum-v1.zip"), "-n", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "No replay buffer next to" in out and "--save-replay-buffer" in out
+    assert "counts env steps from 0 again" in out
+    assert EXPO.load(logs / "expo" / "Pendulum-v1_2" / "Pendulum-v1.zip").num_timesteps == 10  # rl_zoo3's behaviour
+
+
+# ------------------------------------------------------------------------------------------------ tuning that scales out
+
+
+def test_search_space_is_bounded_by_the_device_preset() -> None:
+    import optuna
+
+    from sb3_expo.zoo.tuning import search_space, trials_on
+
+    cpu, reference = search_space("cpu"), search_space(preset="reference")
+    assert max(cpu["gradient_steps"]) <= 4 and max(cpu["n_action_samples"]) <= 4 and 2 ** max(cpu["batch_size_pow"]) <= 128
+    assert 20 in reference["gradient_steps"] and 8 in reference["n_action_samples"]  # the authors' settings on CUDA
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    with trials_on("cpu"):
+        drawn = [sample_expo_params(study.ask(), 1, 1, {}) for _ in range(40)]
+    assert max(p["gradient_steps"] for p in drawn) <= 4 and max(p["n_action_samples"] for p in drawn) <= 4
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path: pathlib.Path, pendulum_dataset_id: str) -> None:
+    """Two worker processes on one Optuna study in SQLite (rl_zoo3's --storage): both trials land in the study, and
+    the study pretrains once; every trial loads that."""
+    import optuna
+
+    conf = tiny_yaml(tmp_path, dataset=pendulum_dataset_id)
+    logs, storage = tmp_path / "logs", f"sqlite:///{tmp_path / 'study.db'}"
+    cmd = [sys.executable, "-m", "sb3_expo.train", "--algo", "expo", "--env", "Pendulum-v1", "-conf", conf, "-f", str(logs),
+           "-optimize", "--n-trials", "1", "-n", "60", "--n-evaluations", "1", "--eval-episodes", "1", "--sampler", "random",
+           "--pruner", "none", "--no-optim-plots", "--storage", storage, "--study-name", "expo-tiny", "--num-threads", "1",
+           "-params", "learning_starts:40"]  # fmt: skip
+    workers = [
+        subprocess.Popen([*cmd, "--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+    study = optuna.load_study(study_name="expo-tiny", storage=storage)
+    assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 2
+    stdout = "".join(out for out, _ in outputs)
+    assert stdout.count("Pretraining once for the study") == 1
+    assert stdout.count("Loading the study's pretrained parts") == 2
+    assert len(list((logs / "expo" / "pretrained").glob("*.pt"))) == 1
+
+
+def test_study_pretraining_is_loaded_not_repeated(tmp_path: pathlib.Path, pendulum_dataset_id: str) -> None:
+    from sb3_expo.zoo.pretraining import load_pretrained, pretrained_parts, save_pretrained
+
+    from sb3_expo.wrappers import MinariReplayBuffer
+
+    kwargs = dict(buffer_size=500, learning_starts=0, replay_buffer_class=MinariReplayBuffer,
+                  replay_buffer_kwargs=dict(dataset_id=pendulum_dataset_id), preset="tiny")  # fmt: skip
+    source = EXPO("MlpPolicy", "Pendulum-v1", seed=0, **kwargs).pretrain(5)
+    save_pretrained(source, tmp_path / "p.pt", pretrained_parts())
+    trial = EXPO("MlpPolicy", "Pendulum-v1", seed=1, base_learning_rate=1e-4, **kwargs)
+    critic_before = {k: v.clone() for k, v in trial.policy.q_ensemble.state_dict().items()}
+    load_pretrained(trial, tmp_path / "p.pt")
+    for a, b in zip(source.policy.base_policy.parameters(), trial.policy.base_policy.parameters()):
+        assert th.equal(a, b)
+    for k, v in trial.policy.q_ensemble.state_dict().items():  # only what pretrain() trained is loaded
+        assert th.equal(v, critic_before[k])
+    assert trial._n_base_updates == 5
+    assert trial.policy.base_optimizer.param_groups[0]["lr"] == pytest.approx(trial._base_learning_rate())
+    assert trial._base_learning_rate() == pytest.approx(1e-4)  # the trial's own learning rate, not the source's
