@@ -53,7 +53,7 @@ setup(
     packages=find_packages(include=["sb3_expo", "sb3_expo.*"]),
     py_modules=["_sb3_expo_rl_zoo"],
     cmdclass={"build_py": build_py_with_zoo_hook},
-    package_data={"sb3_expo": ["py.typed"], "sb3_expo.kernels": ["*.c", "*.h"]},
+    package_data={"sb3_expo": ["py.typed"]},
     python_requires=">=3.9",
     install_requires=[
         # A wide range on purpose: a GPU user must get their own CUDA build of torch.

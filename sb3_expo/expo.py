@@ -15,8 +15,8 @@ import pathlib
 import pickle
 import warnings
 import zipfile
-from collections.abc import Iterable
-from typing import Any, ClassVar, Optional, TypeVar, Union
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, NamedTuple, Optional, TypeVar, Union
 
 import numpy as np
 import torch as th
@@ -31,8 +31,7 @@ from torch.profiler import record_function
 
 from sb3_expo.buffers.device import DeviceReplayBuffer
 from sb3_expo.config import DiffusionConfig, OTFConfig
-from sb3_expo.kernels import native_denoiser
-from sb3_expo.otf import draw_candidates, td_target
+from sb3_expo import losses
 from sb3_expo.policies import CnnPolicy, EXPOPolicy, MlpPolicy, MultiInputPolicy
 from sb3_expo.presets import resolve_preset
 from sb3_expo.utils.atomic_io import atomic_path
@@ -51,6 +50,15 @@ _FROM_PRESET: Any = _PresetValue()
 
 _D = DiffusionConfig  # defaults of the shared configs: the constructor reads them from one place
 _O = OTFConfig
+
+
+class UpdateFunctions(NamedTuple):
+    """The loss functions :meth:`EXPO._update` calls (:mod:`sb3_expo.losses`), each plain or ``torch.compile``-d."""
+
+    td_candidates: Callable[..., th.Tensor]
+    critic_loss: Callable[..., tuple[th.Tensor, th.Tensor, th.Tensor]]
+    base_loss: Callable[..., th.Tensor]
+    edit_loss: Callable[..., tuple[th.Tensor, th.Tensor]]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -124,15 +132,15 @@ class EXPO(OffPolicyAlgorithm):
     :param optimize_memory_usage: SB3's memory-efficient replay buffer.
     :param use_sde: SB3's gSDE switch, for SAC compatibility: only ``False`` (EXPO has no Gaussian actor to apply it
         to); ``True`` raises a ``ValueError``.
-    :param compile: ``torch.compile`` the update's forward computations and the acting path (opt-in; fixed shapes,
-        CUDA graphs on CUDA). The first calls pay the compilation (tens of seconds on a CPU). On the CPU the diffusion
-        sampling (TD-target candidates, acting) stays on the native denoiser when it is in use (it is faster than
-        inductor's code; ``SB3_EXPO_NATIVE=0`` compiles it too).
+    :param compile: ``torch.compile`` the update's loss functions (:mod:`sb3_expo.losses`) and the acting path
+        (opt-in; fixed shapes, CUDA graphs on CUDA). The first calls pay the compilation (tens of seconds on a CPU).
+    :param backend: how the diffusion chain and the critics run outside the gradient steps (:mod:`sb3_expo.backends`):
+        ``"auto"`` (``"cpu"`` on a CPU, ``"eager"`` elsewhere), ``"eager"`` (the plain modules) or ``"cpu"`` (fused
+        in-place PyTorch chains). Under ``compile`` the compiler runs the plain modules.
     :param mixed_precision: bf16 autocast for the diffusion network (sampling and denoising loss). Meant for CUDA;
         off by default. Critic, edit policy and temperature stay in float32.
     :param candidate_chunk_rows: diffusion rows per call when drawing the TD-target candidates (``None``: all at once
-        on CUDA and with the CPU's native denoiser, 2048 on the CPU's PyTorch chains, where cache-sized chunks are
-        faster; ``0``: all at once). Same distribution.
+        on CUDA, 2048 on the CPU, where cache-sized chunks are faster; ``0``: all at once). Same distribution.
     :param policy_kwargs: network sizes and optimiser options (see :class:`EXPOPolicy`).
     :param stats_window_size: episodes averaged for the rollout logs.
     :param tensorboard_log: TensorBoard log folder.
@@ -194,6 +202,7 @@ class EXPO(OffPolicyAlgorithm):
         optimize_memory_usage: bool = False,
         use_sde: bool = False,
         compile: bool = False,
+        backend: str = "auto",
         mixed_precision: bool = False,
         candidate_chunk_rows: Optional[int] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -300,6 +309,7 @@ class EXPO(OffPolicyAlgorithm):
             base_weight_decay=base_weight_decay,
             temperature_learning_rate=temperature_learning_rate,
             initial_temperature=initial_temperature,
+            backend=backend,
         )
         self._n_base_updates = 0
         if _init_setup_model:
@@ -410,37 +420,27 @@ class EXPO(OffPolicyAlgorithm):
             )
 
     def _build_step_functions(self) -> None:
-        """The forward computations of the update (and of acting), optionally ``torch.compile``-d.
+        """The loss functions of the update (:mod:`sb3_expo.losses`) and the acting path, ``torch.compile``-d when
+        ``compile=True``.
 
         Compiling never replaces ``self.policy``: SB3's save/load would break on the renamed keys of compiled
         modules. Shapes are fixed (``dynamic=False``): one graph per function, no recompilation once warm. On CUDA
         ``mode="reduce-overhead"`` also captures CUDA graphs.
         """
-        self._fns = dict(
-            next_candidates=self._next_candidates,
-            critic_loss=self._critic_loss,
-            base_loss=self._base_loss,
-            edit_loss=self._edit_loss,
-        )
+        self.policy.backend  # resolved now, for the policy's device (a refused module class warns here)
         self.policy._act_fn = None
-        # CPU: cache-sized chunks of candidates for the PyTorch chains; the native denoiser tiles the rows on its own.
-        # Decided here, once: a compiled function must not see it change.
-        native = self.device.type == "cpu" and native_denoiser() is not None and not self.mixed_precision
-        self._default_candidate_chunk = 2048 if self.device.type == "cpu" and not native else 0
+        # CPU: cache-sized chunks of TD-target candidates. Decided here, once: a compiled function must not see it change.
+        self._default_candidate_chunk = 2048 if self.device.type == "cpu" else 0
+        fns = UpdateFunctions(losses.td_candidates, losses.critic_loss, losses.base_loss, losses.edit_loss)
         if self.compile:
             import torch._inductor.config as inductor_config
 
             # Random ops use the eager generator: compiled and eager runs draw the same numbers for the same seed.
             inductor_config.fallback_random = True
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-            # On the CPU the diffusion sampling (TD-target candidates, acting) stays eager when the native denoiser is
-            # in use: it beats inductor's code for the chain (docs/performance.md). SB3_EXPO_NATIVE=0 compiles it too.
-            eager = {"next_candidates", "act"} if native else set()
-            self._fns = {
-                name: fn if name in eager else th.compile(fn, mode=mode, dynamic=False) for name, fn in self._fns.items()
-            }
-            if "act" not in eager:
-                self.policy._act_fn = th.compile(self.policy.otf_act, mode=mode, dynamic=False)
+            fns = UpdateFunctions(*(th.compile(fn, mode=mode, dynamic=False) for fn in fns))
+            self.policy._act_fn = th.compile(self.policy.otf_act, mode=mode, dynamic=False)
+        self._losses = fns
 
     def _create_aliases(self) -> None:
         self.base_policy = self.policy.base_policy
@@ -458,7 +458,7 @@ class EXPO(OffPolicyAlgorithm):
             "q_ensemble",
             "q_ensemble_target",
             "temperature",
-            "_fns",
+            "_losses",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
@@ -493,91 +493,6 @@ class EXPO(OffPolicyAlgorithm):
         stats = self._update(replay_data, gradient_steps, batch_size)
         self._finish_update(stats, gradient_steps)
 
-    # -- the forward computations of one update (pure functions of tensors: the unit of torch.compile) --------------
-    def _autocast(self) -> Any:
-        """bf16 autocast for the diffusion network when ``mixed_precision`` (meant for CUDA), else a no-op."""
-        return th.autocast(self.device.type, dtype=th.bfloat16, enabled=self.mixed_precision)
-
-    def _next_candidates(self, next_obs: Any) -> th.Tensor:
-        """OTF candidates (N base samples from the ONLINE base + their edits) for every next state, (M, K, d).
-
-        On the CPU without the native denoiser the states are processed in chunks of ``candidate_chunk_rows``
-        diffusion rows so that the (rows x 4*hidden) activations stay in cache; the native denoiser (which tiles the
-        rows itself) and CUDA take them all in one call.
-        """
-        policy = self.policy
-        with th.no_grad():
-            x = policy.preprocess(next_obs)
-            base_features = policy.base_policy.features_extractor(x)
-            edit_features = policy.edit_policy.features_extractor(x)
-            n_states = base_features.shape[0]
-            chunk = self.candidate_chunk_rows
-            if chunk is None:
-                chunk = self._default_candidate_chunk
-            per_chunk = max(1, chunk // self.otf_config.n_action_samples) if chunk else n_states
-            with self._autocast():
-                candidates = th.cat(
-                    [
-                        draw_candidates(policy.base_policy, policy.edit_policy, b, e, self.otf_config)
-                        for b, e in zip(base_features.split(per_chunk), edit_features.split(per_chunk))
-                    ]
-                )
-            return candidates.float()
-
-    def _critic_loss(
-        self,
-        obs: Any,
-        actions: th.Tensor,
-        next_obs: Any,
-        rewards: th.Tensor,
-        dones: th.Tensor,
-        discounts: Union[th.Tensor, float],
-        next_candidates: th.Tensor,
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """Critic loss of one minibatch: mean over members and rows of (Q_i(s, a) - y)^2 with EXPO's OTF target."""
-        policy, otf = self.policy, self.otf_config
-        selector = policy.q_ensemble_target if otf.selection_critic == "target" else policy.q_ensemble
-        target = policy.q_ensemble_target
-        with th.no_grad():
-            next_x = policy.preprocess(next_obs)
-            # a* = argmax_k min_{S1} Q_sel(s', a_k);  y = r + gamma (1 - done) min_{S2} Q_target(s', a*)
-            y, chosen = td_target(
-                selector,
-                target,
-                selector.features_extractor(next_x),
-                target.features_extractor(next_x),
-                next_candidates,
-                rewards,
-                dones,
-                discounts,
-                otf,
-            )
-        critic = policy.q_ensemble
-        # mean over members and rows of (Q_i(s, a) - y)^2: all members in one forward (one native call on the CPU)
-        loss, qs = critic.mse_loss(critic.features_extractor(policy.preprocess(obs)), actions, y)
-        edited = (chosen.index >= otf.n_action_samples).float().mean()
-        return loss, qs.mean(), edited
-
-    def _base_loss(self, obs: Any, actions: th.Tensor) -> th.Tensor:
-        """Denoising loss || eps - eps_theta(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t) ||^2 (imitation only)."""
-        base = self.policy.base_policy
-        with self._autocast():
-            return base.loss(base.features_extractor(self.policy.preprocess(obs)), actions).float()
-
-    def _edit_loss(self, obs: Any, actions: th.Tensor, alpha: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Edit loss E[alpha (log pi(u|s,a) - d log beta) - mean_i Q_i(s, a + beta tanh u)] on replay actions a.
-
-        :return: the loss and the entropy estimate ``-log pi`` (tanh space, detached) for the temperature.
-        """
-        policy, otf = self.policy, self.otf_config
-        x = policy.preprocess(obs)
-        tanh_u, log_prob = policy.edit_policy.sample(policy.edit_policy.features_extractor(x), actions)
-        edited = actions + otf.edit_scale * tanh_u
-        if otf.clip_edited_actions:
-            edited = edited.clamp(-1.0, 1.0)
-        q = policy.q_ensemble(policy.q_ensemble.features_extractor(x), edited).mean(dim=0)  # mean over ALL critics
-        return (alpha * (log_prob - self._edit_log_scale) - q).mean(), -log_prob.detach()
-
     # -- the update step: EXPO's pseudocode, top to bottom ------------------------------------------------------------
     def _update(
         self,
@@ -594,7 +509,7 @@ class EXPO(OffPolicyAlgorithm):
         :param next_candidates: precomputed TD-target candidates (benchmarks time the critic updates alone with it).
         :return: detached scalar tensors, reduced on the device: no host sync in here.
         """
-        policy, fns = self.policy, self._fns
+        policy, otf, fns = self.policy, self.otf_config, self._losses
         stats: dict[str, th.Tensor] = {}
         discounts = data.discounts if data.discounts is not None else self.gamma
 
@@ -603,13 +518,16 @@ class EXPO(OffPolicyAlgorithm):
             #    do not change during the critic updates of one env step.
             if next_candidates is None:
                 with record_function("expo/td_candidates"):
-                    next_candidates = fns["next_candidates"](data.next_observations)
+                    chunk = self._default_candidate_chunk if self.candidate_chunk_rows is None else self.candidate_chunk_rows
+                    next_candidates = fns.td_candidates(policy, otf, data.next_observations, chunk, self.mixed_precision)
             # 2. gradient_steps critic updates; only the argmax over candidates uses the current target critic.
-            losses, q_means, edited = [], [], []
+            critic_losses, q_means, edited = [], [], []
             for g in range(gradient_steps):
                 with record_function("expo/critic_update"):
                     mb = slice(g * batch_size, (g + 1) * batch_size)
-                    loss, q_mean, edited_fraction = fns["critic_loss"](
+                    loss, q_mean, edited_fraction = fns.critic_loss(
+                        policy,
+                        otf,
                         _slice_obs(data.observations, mb),
                         data.actions[mb],
                         _slice_obs(data.next_observations, mb),
@@ -623,10 +541,10 @@ class EXPO(OffPolicyAlgorithm):
                     policy.critic_optimizer.step()
                     # theta' <- (1 - tau) theta' + tau theta: one fused op over the stacked parameters
                     polyak_(policy.q_ensemble_target, policy.q_ensemble, self.tau)
-                    losses.append(loss.detach())
+                    critic_losses.append(loss.detach())
                     q_means.append(q_mean)
                     edited.append(edited_fraction)
-            stats["critic_loss"] = th.stack(losses).mean()
+            stats["critic_loss"] = th.stack(critic_losses).mean()
             stats["q_mean"] = th.stack(q_means).mean()
             stats["edited_fraction_target"] = th.stack(edited).mean()
 
@@ -635,7 +553,7 @@ class EXPO(OffPolicyAlgorithm):
         obs_last, actions_last = _slice_obs(data.observations, last), data.actions[last]
         if update_base:
             with record_function("expo/base_update"):
-                base_loss = fns["base_loss"](obs_last, actions_last)
+                base_loss = fns.base_loss(policy, obs_last, actions_last, self.mixed_precision)
                 policy.base_optimizer.zero_grad(set_to_none=True)
                 base_loss.backward()
                 policy.base_optimizer.step()
@@ -645,7 +563,7 @@ class EXPO(OffPolicyAlgorithm):
         if update_edit and self.otf_config.uses_edit_policy:
             with record_function("expo/edit_update"):
                 alpha = policy.temperature().detach()
-                edit_loss, entropy = fns["edit_loss"](obs_last, actions_last, alpha)
+                edit_loss, entropy = fns.edit_loss(policy, otf, obs_last, actions_last, alpha, self._edit_log_scale)
                 policy.edit_optimizer.zero_grad(set_to_none=True)
                 edit_loss.backward(inputs=list(policy.edit_policy.parameters()))  # no gradient into the critic
                 policy.edit_optimizer.step()

@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 
 import torch as th
 
+from sb3_expo.backends import EagerBackend
 from sb3_expo.config import OTFConfig
 from sb3_expo.parts import DiffusionBasePolicy, EditPolicy, QEnsemble
 
@@ -28,6 +29,7 @@ class Selection(NamedTuple):
 
 
 def draw_candidates(
+    backend: EagerBackend,
     base_policy: DiffusionBasePolicy,
     edit_policy: EditPolicy,
     base_features: th.Tensor,
@@ -43,6 +45,7 @@ def draw_candidates(
     Rows are state-major: state b's samples are rows ``b*N .. b*N + N-1`` of the diffusion batch, so the candidates
     of a contiguous block of states come from a contiguous block of noise rows.
 
+    :param backend: runs the diffusion chain (:mod:`sb3_expo.backends`).
     :param base_features: base-policy features of the states, (B, f_base).
     :param edit_features: edit-policy features of the states, (B, f_edit).
     :param deterministic: take the edit at its mean instead of a sample.
@@ -52,7 +55,7 @@ def draw_candidates(
     :return: candidates, shape (B, K, action_dim): ``[:, :N]`` base actions, ``[:, N:]`` their edits.
     """
     batch, n = base_features.shape[0], config.n_action_samples
-    base_actions = base_policy.sample(base_features, generator=generator, noise=base_noise, repeats=n)
+    base_actions = backend.sample(base_policy, base_features, repeats=n, noise=base_noise, generator=generator)
     base_actions = base_actions.view(batch, n, -1)
     if not config.uses_edit_policy:
         return base_actions
@@ -73,6 +76,7 @@ def random_subset(n_critics: int, size: int, device: th.device, generator: Optio
 
 
 def select_candidates(
+    backend: EagerBackend,
     q_ensemble: QEnsemble,
     critic_features: th.Tensor,
     candidates: th.Tensor,
@@ -86,6 +90,7 @@ def select_candidates(
     With ``config.selection == "random"`` the chosen index is uniform among the K candidates instead (ablation);
     its score is still reported.
 
+    :param backend: runs the critics (:mod:`sb3_expo.backends`).
     :param critics: ``"subset"``: the min over a random subset of ``num_min_qs`` critics (the paper);
         ``"all"``: the mean over all critics.
     :param row_members: (B, num_min_qs) a subset per state instead of one for the batch (deterministic acting keys
@@ -94,13 +99,13 @@ def select_candidates(
     batch, k, action_dim = candidates.shape
     features, flat = critic_features.repeat_interleave(k, dim=0), candidates.reshape(batch * k, action_dim)
     if critics == "all":
-        scores = q_ensemble(features, flat).mean(dim=0).view(batch, k)
+        scores = backend.score(q_ensemble, features, flat).mean(dim=0).view(batch, k)
     elif row_members is not None:
-        q = q_ensemble(features, flat).view(-1, batch, k).transpose(0, 1)  # (B, E, K)
+        q = backend.score(q_ensemble, features, flat).view(-1, batch, k).transpose(0, 1)  # (B, E, K)
         scores = q.gather(1, row_members[:, :, None].expand(-1, -1, k)).min(dim=1).values
     else:
         members = random_subset(q_ensemble.n_critics, config.num_min_qs, candidates.device, generator)
-        scores = q_ensemble(features, flat, members).min(dim=0).values.view(batch, k)
+        scores = backend.score(q_ensemble, features, flat, members).min(dim=0).values.view(batch, k)
     if config.selection == "max_q":
         index = scores.argmax(dim=1)
     else:
@@ -110,6 +115,7 @@ def select_candidates(
 
 
 def td_target(
+    backend: EagerBackend,
     selector: QEnsemble,
     target: QEnsemble,
     selector_features: th.Tensor,
@@ -125,6 +131,7 @@ def td_target(
         a* = argmax_k min_{i in S1} Q_sel_i(s', a_k)        (S1: random subset of ``num_min_qs`` critics)
         y  = r + gamma (1 - done) min_{i in S2} Q_target_i(s', a*)   (S2: a fresh random subset, as RLPD)
 
+    :param backend: runs the critics (:mod:`sb3_expo.backends`).
     :param selector: the critic that picks a* (the target ensemble; the online one in the ablation).
     :param target: the target ensemble.
     :param selector_features: next-state features for ``selector``, (B, f).
@@ -135,7 +142,7 @@ def td_target(
     :param discounts: gamma, or per-row discounts (n-step buffers).
     :return: the targets (B,) and the selection.
     """
-    chosen = select_candidates(selector, selector_features, next_candidates, config)
+    chosen = select_candidates(backend, selector, selector_features, next_candidates, config)
     members = random_subset(target.n_critics, config.num_min_qs, next_candidates.device)
-    next_q = target(target_features, chosen.actions, members).min(dim=0).values
+    next_q = backend.score(target, target_features, chosen.actions, members).min(dim=0).values
     return rewards + discounts * (1.0 - dones) * next_q, chosen

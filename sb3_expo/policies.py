@@ -24,6 +24,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from sb3_expo.backends import EagerBackend, make_backend, resolve_backend_name
 from sb3_expo.config import DiffusionConfig, OTFConfig
 from sb3_expo.keyed_noise import critic_subsets, diffusion_noise, edit_noise, observation_keys
 from sb3_expo.otf import Selection, draw_candidates, select_candidates
@@ -80,6 +81,10 @@ class EXPOPolicy(BasePolicy):
         ``critic_net_arch``; ``dict(pi=[...], qf=[...])`` sets the edit policy (``pi``) and each critic (``qf``). The
         diffusion base policy keeps its own ``base_*`` sizes. Given with ``edit_net_arch`` / ``critic_net_arch``
         set to other widths, it is an error.
+    :param backend: how the diffusion chain and the critics run outside the gradient steps (:mod:`sb3_expo.backends`):
+        ``"auto"`` (``"cpu"`` on a CPU, ``"eager"`` elsewhere), ``"eager"`` (the plain modules) or ``"cpu"``.
+        Resolved for the policy's device on first use; a backend that does not know a part's class falls back to
+        ``"eager"`` with a warning.
     """
 
     base_policy: DiffusionBasePolicy
@@ -118,7 +123,9 @@ class EXPOPolicy(BasePolicy):
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: Optional[dict[str, Any]] = None,
         net_arch: Optional[Union[Sequence[int], dict[str, Sequence[int]]]] = None,
+        backend: str = "auto",
     ):
+        resolve_backend_name(backend, th.device("cpu"))  # an unknown name fails here, before anything is built
         edit_net_arch, critic_net_arch = resolve_net_arch(net_arch, edit_net_arch, critic_net_arch)
         if not isinstance(action_space, spaces.Box):
             raise TypeError(
@@ -165,6 +172,8 @@ class EXPOPolicy(BasePolicy):
         )
         # Optional compiled version of :meth:`otf_act`, set by ``EXPO(compile=True)`` (never replaces a module).
         self._act_fn: Optional[Any] = None
+        self.backend_name = backend
+        self._backend: Optional[tuple[th.device, EagerBackend]] = None
         self._build(lr_schedule)
 
     def _build(self, lr_schedule: Schedule) -> None:
@@ -247,9 +256,20 @@ class EXPOPolicy(BasePolicy):
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 optimizer_class=self.optimizer_class,
                 optimizer_kwargs=self.optimizer_kwargs,
+                backend=self.backend_name,
             )
         )
         return data
+
+    @property
+    def backend(self) -> EagerBackend:
+        """The backend (:mod:`sb3_expo.backends`) for the policy's device: chosen on first use, after SB3 moved the
+        policy to its device, and again only if the device changes."""
+        device = self.device
+        if self._backend is None or self._backend[0] != device:
+            parts = (self.base_policy, self.base_policy_ema, self.q_ensemble, self.q_ensemble_target)
+            self._backend = (device, make_backend(self.backend_name, device, parts))
+        return self._backend[1]
 
     # ------------------------------------------------------------------ features
     def preprocess(self, obs: PyTorchObs) -> PyTorchObs:
@@ -303,7 +323,9 @@ class EXPOPolicy(BasePolicy):
                 base_noise = diffusion_noise(keys, base.n_diffusion_steps, n, dim, dtype)
                 edit_noise_ = edit_noise(keys, config.n_edit_samples, dim, dtype)
                 row_members = critic_subsets(keys, critic.n_critics, config.num_min_qs) if critics == "subset" else None
+        backend = self.backend
         candidates = draw_candidates(
+            backend,
             base,
             self.edit_policy,
             base_features,
@@ -314,7 +336,7 @@ class EXPOPolicy(BasePolicy):
             base_noise=base_noise,
             edit_noise=edit_noise_,
         )
-        return select_candidates(critic, critic.features_extractor(x), candidates, config, generator, critics, row_members)
+        return select_candidates(backend, critic, critic.features_extractor(x), candidates, config, generator, critics, row_members)
 
     def deterministic_generator(self) -> th.Generator:
         """A freshly seeded generator: the same observation and parameters always give the same action."""

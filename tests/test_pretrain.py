@@ -7,6 +7,7 @@ import pytest
 import torch as th
 
 from sb3_expo import EXPO, get_preset
+from sb3_expo.losses import base_loss
 from sb3_expo.wrappers import MinariReplayBuffer
 
 
@@ -28,7 +29,7 @@ def _denoising_loss(model: EXPO, n_batches: int = 8) -> float:
     with th.no_grad():
         for _ in range(n_batches):
             data = model.replay_buffer.sample_offline(256)
-            losses.append(float(model._base_loss(data.observations, data.actions)))
+            losses.append(float(base_loss(model.policy, data.observations, data.actions, mixed_precision=False)))
     return float(np.mean(losses))
 
 

@@ -161,7 +161,7 @@ def validate_hyperparams(
         internal = {"observation_space", "action_space", "lr_schedule"}
         if issubclass(algo_cls, EXPO):
             # built / overwritten by EXPO from its flat arguments: a policy_kwargs value would be silently replaced
-            internal |= {"diffusion", "otf", "base_learning_rate", "base_weight_decay", "temperature_learning_rate", "initial_temperature"}
+            internal |= {"diffusion", "otf", "base_learning_rate", "base_weight_decay", "temperature_learning_rate", "initial_temperature", "backend"}
         allowed = set(policy_params) - internal
         for key in policy_kwargs:
             if key not in allowed:

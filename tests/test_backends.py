@@ -1,5 +1,6 @@
-"""The optimised paths compute exactly what the plain ones do: batched candidates, the batched ensemble,
-torch.compile, and bf16 autocast."""
+"""The backends compute exactly what the plain modules do (the ``"cpu"`` backend against ``"eager"``, compiled
+against eager), refuse module classes they do not know, and the update has no host sync; plus batched candidates,
+the batched ensemble and bf16 autocast."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import pytest
 import torch as th
 from torch.nn import functional as F
 
-from sb3_expo import EXPO, get_preset, kernels
+from sb3_expo import EXPO, get_preset, losses
+from sb3_expo.backends import EagerBackend, make_backend, resolve_backend_name
+from sb3_expo.backends.cpu import CPUBackend
 from sb3_expo.config import OTFConfig
 from sb3_expo.otf import draw_candidates, td_target
 from sb3_expo.parts import DiffusionBasePolicy, EditPolicy, QEnsemble
+from sb3_expo.parts.diffusion import ResidualBlock
+
+EAGER, CPU = EagerBackend(), CPUBackend()
 
 
 def test_batched_candidates_match_per_minibatch_generation():
@@ -29,10 +35,11 @@ def test_batched_candidates_match_per_minibatch_generation():
     edit_noise = th.randn(G * B * M, action_dim, dtype=th.float64)
 
     with th.no_grad():
-        batched = draw_candidates(base, edit, next_obs, next_obs, config, base_noise=base_noise, edit_noise=edit_noise)
+        batched = draw_candidates(EAGER, base, edit, next_obs, next_obs, config, base_noise=base_noise, edit_noise=edit_noise)
         for g in range(G):
             rows = slice(g * B, (g + 1) * B)
             plain = draw_candidates(
+                EAGER,
                 base,
                 edit,
                 next_obs[rows],
@@ -43,9 +50,9 @@ def test_batched_candidates_match_per_minibatch_generation():
             )
             th.testing.assert_close(batched[rows], plain, rtol=1e-12, atol=1e-12)
             th.manual_seed(g)
-            y_fast, chosen_fast = td_target(target, target, next_obs[rows], next_obs[rows], batched[rows], rewards[rows], dones[rows], 0.99, config)
+            y_fast, chosen_fast = td_target(EAGER, target, target, next_obs[rows], next_obs[rows], batched[rows], rewards[rows], dones[rows], 0.99, config)
             th.manual_seed(g)
-            y_plain, chosen_plain = td_target(target, target, next_obs[rows], next_obs[rows], plain, rewards[rows], dones[rows], 0.99, config)
+            y_plain, chosen_plain = td_target(EAGER, target, target, next_obs[rows], next_obs[rows], plain, rewards[rows], dones[rows], 0.99, config)
             assert th.equal(chosen_fast.index, chosen_plain.index)
             th.testing.assert_close(y_fast, y_plain, rtol=1e-12, atol=1e-12)
 
@@ -72,8 +79,8 @@ def test_batched_ensemble_matches_a_loop_over_critics():
 
 
 @pytest.mark.parametrize("layer_norm", [True, False])
-def test_fused_denoising_chain_matches_the_modules(layer_norm):
-    """The in-place inference chain (no autograd) == the plain nn.Module chain, same noise (float64)."""
+def test_cpu_backend_chain_matches_the_modules(layer_norm):
+    """The "cpu" backend's in-place chain (no autograd) == the plain nn.Module chain, same noise (float64)."""
     th.manual_seed(0)
     base = DiffusionBasePolicy(5, 3, 6, net_kwargs=dict(hidden_dim=16, n_blocks=3, time_dim=8, layer_norm=layer_norm))
     base = base.double()
@@ -81,36 +88,36 @@ def test_fused_denoising_chain_matches_the_modules(layer_norm):
         for p in base.parameters():
             p.add_(0.1 * th.randn_like(p))
     obs, noise = th.randn(40, 5, dtype=th.float64), th.randn(6, 40, 3, dtype=th.float64)
-    plain = base.sample(obs, noise=noise)  # autograd on: the nn.Module path
-    assert plain.requires_grad
+    plain = base.sample(obs, noise=noise)
     with th.no_grad():
-        assert base.use_fused_inference()
-        fused = base.sample(obs, noise=noise)
+        assert CPU._fusable(base, obs)
+        fused = CPU.sample(base, obs, noise=noise)
     th.testing.assert_close(fused, plain.detach(), rtol=1e-12, atol=1e-12)
+    repeated = th.randn(6, 40 * 3, 3, dtype=th.float64)  # repeats: the obs term once per state
+    with th.no_grad():
+        th.testing.assert_close(CPU.sample(base, obs, 3, repeated), base.sample(obs, noise=repeated, repeats=3), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.skipif(not th.backends.mkl.is_available(), reason="MKL-packed weights need an MKL build of torch")
-def test_packed_weights_for_few_rows_match_and_follow_updates(monkeypatch):
-    """Without the native kernel, acting-sized batches use MKL-packed block weights: same actions as the module path,
-    re-packed after updates."""
-    monkeypatch.setitem(kernels._state, "enabled", False)  # the PyTorch fallback chain
+def test_packed_weights_for_few_rows_match_and_follow_updates():
+    """Acting-sized batches use MKL-packed block weights: same actions as the module path, re-packed after updates."""
     th.manual_seed(0)
     base = DiffusionBasePolicy(5, 3, 4, net_kwargs=dict(hidden_dim=32, n_blocks=2, time_dim=8))
     obs, noise = th.randn(8, 5), th.randn(4, 8, 3)
     for _ in range(2):
         plain = base.sample(obs, noise=noise).detach()
         with th.no_grad():
-            assert base._packed_block_weights(8, obs) is not None
-            assert base._packed_block_weights(base.packed_rows_max + 1, obs) is None  # large batches: plain GEMMs
-            fused = base.sample(obs, noise=noise)
+            assert CPU._packed_block_weights(base, 8) is not None
+            assert CPU._packed_block_weights(base, CPU.packed_rows_max + 1) is None  # large batches: plain GEMMs
+            fused = CPU.sample(base, obs, noise=noise)
             th.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
             for p in base.parameters():  # an in-place update (optimizer / Polyak) must invalidate the packed copy
                 p.mul_(0.9)
 
 
-def test_fused_paths_give_the_same_td_targets_and_choices(monkeypatch):
-    """Same seed and inputs: the fused chain + member loop choose the same a* and give the same TD targets as the
-    nn.Module chain + batched critics (float64)."""
+def test_cpu_backend_gives_the_same_td_targets_and_choices():
+    """Same seed and inputs: the "cpu" backend (fused chain + member loop) chooses the same a* and gives the same TD
+    targets as "eager" (nn.Module chain + batched critics), float64."""
     th.manual_seed(0)
     obs_dim, action_dim, n_steps, B = 5, 3, 4, 64
     config = OTFConfig(n_action_samples=4, n_edit_samples=4, edit_scale=0.3, num_min_qs=2)
@@ -125,30 +132,30 @@ def test_fused_paths_give_the_same_td_targets_and_choices(monkeypatch):
     base_noise = th.randn(n_steps, B * 4, action_dim, dtype=th.float64)
     edit_noise = th.randn(B * 4, action_dim, dtype=th.float64)
 
-    def target_and_choice():
+    def target_and_choice(backend):
         with th.no_grad():
-            cands = draw_candidates(base, edit, next_obs, next_obs, config, base_noise=base_noise, edit_noise=edit_noise)
+            cands = draw_candidates(backend, base, edit, next_obs, next_obs, config, base_noise=base_noise, edit_noise=edit_noise)
             th.manual_seed(1)  # same critic subsets
-            return td_target(target, target, next_obs, next_obs, cands, rewards, dones, 0.99, config)
+            return td_target(backend, target, target, next_obs, next_obs, cands, rewards, dones, 0.99, config)
 
-    y_fast, chosen_fast = target_and_choice()
-    monkeypatch.setattr(DiffusionBasePolicy, "use_fused_inference", lambda self: False)
-    monkeypatch.setattr(QEnsemble, "member_loop_max", 0)
-    y_plain, chosen_plain = target_and_choice()
+    y_fast, chosen_fast = target_and_choice(CPU)
+    y_plain, chosen_plain = target_and_choice(EAGER)
     assert th.equal(chosen_fast.index, chosen_plain.index)
     th.testing.assert_close(chosen_fast.actions, chosen_plain.actions, rtol=1e-12, atol=1e-12)
     th.testing.assert_close(y_fast, y_plain, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_chain_is_skipped_when_it_would_differ():
+def test_cpu_backend_runs_the_modules_when_the_fused_chain_would_differ():
     """Active dropout, autocast and autograd take the module path; eval-mode dropout does not matter."""
     base = DiffusionBasePolicy(4, 2, 3, net_kwargs=dict(hidden_dim=8, n_blocks=1, time_dim=4, dropout=0.1))
+    obs = th.randn(5, 4)
     with th.no_grad():
-        assert not base.train().use_fused_inference()
-        assert base.eval().use_fused_inference()
+        assert not CPU._fusable(base.train(), obs)
+        assert CPU._fusable(base.eval(), obs)
         with th.autocast("cpu", dtype=th.bfloat16):
-            assert not base.use_fused_inference()
-    assert not base.use_fused_inference()
+            assert not CPU._fusable(base, obs)
+    assert not CPU._fusable(base, obs)
+    assert CPU.sample(base, obs).requires_grad  # with autograd: the modules, so gradients flow
 
 
 def test_member_loop_matches_the_batched_ensemble():
@@ -161,34 +168,82 @@ def test_member_loop_matches_the_batched_ensemble():
     rows = 37
     obs, actions = th.randn(rows, 4, dtype=th.float64), th.randn(rows, 2, dtype=th.float64)
     members = th.tensor([4, 0])
-    batched = ensemble(obs, actions, members)  # autograd on: batched path
+    batched = ensemble(obs, actions, members)
     with th.no_grad():
-        cpu, cuda = th.device("cpu"), th.device("cuda")
-        assert ensemble._use_member_loop(2, cpu) and not ensemble._use_member_loop(5, cpu)
-        assert not ensemble._use_member_loop(2, cuda)  # one batched kernel on CUDA
-        looped = ensemble(obs, actions, members)
-        th.testing.assert_close(ensemble(obs, actions, th.tensor([1])), ensemble.forward(obs, actions)[1:2])
+        looped = CPU.score(ensemble, obs, actions, members)
+        th.testing.assert_close(CPU.score(ensemble, obs, actions, th.tensor([1])), ensemble(obs, actions)[1:2], rtol=1e-12, atol=1e-12)
+        th.testing.assert_close(CPU.score(ensemble, obs, actions), ensemble(obs, actions), rtol=1e-12, atol=1e-12)  # 5 > 3: batched
     th.testing.assert_close(looped, batched.detach(), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- choosing a backend
+class _ScaledResidualBlock(ResidualBlock):
+    """A user's block with its own forward: a backend that computed ResidualBlock's arithmetic would ignore it."""
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return x + 0.5 * super().forward(x)
+
+
+def test_a_backend_refuses_a_module_class_it_does_not_know():
+    th.manual_seed(0)
+    base = DiffusionBasePolicy(4, 2, 3, net_kwargs=dict(hidden_dim=8, n_blocks=2, time_dim=4))
+    assert isinstance(make_backend("cpu", th.device("cpu"), (base,)), CPUBackend)
+    base.net.blocks[1] = _ScaledResidualBlock(8)
+    with pytest.warns(UserWarning, match="does not know _ScaledResidualBlock"):
+        backend = make_backend("cpu", th.device("cpu"), (base,))
+    assert type(backend) is EagerBackend  # loudly, never silently
+    obs, noise = th.randn(6, 4), th.randn(3, 6, 2)
+    with th.no_grad():  # the subclass's forward is what runs
+        th.testing.assert_close(backend.sample(base, obs, noise=noise), base.sample(obs, noise=noise))
+        assert not th.allclose(CPU.sample(base, obs, noise=noise), base.sample(obs, noise=noise))
+
+
+def test_the_policy_chooses_its_backend_once_for_its_device():
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", **get_preset("tiny"))
+    assert model.policy.backend.name == "cpu" and model.policy.backend is model.policy.backend
+    eager = EXPO("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", backend="eager", **get_preset("tiny"))
+    assert eager.policy.backend.name == "eager"
+    assert resolve_backend_name("auto", th.device("cuda")) == "eager"  # CUDA: the plain modules (compile for speed)
+    with pytest.raises(ValueError, match="Unknown backend 'fast'"):
+        EXPO("MlpPolicy", "Pendulum-v1", backend="fast", **get_preset("tiny"))
+    obs = np.stack([model.observation_space.sample() for _ in range(4)])
+    eager.policy.load_state_dict(model.policy.state_dict())  # same parameters: same deterministic actions
+    np.testing.assert_allclose(model.predict(obs, deterministic=True)[0], eager.predict(obs, deterministic=True)[0], atol=1e-5)
+
+
+def test_update_has_no_host_sync(monkeypatch):
+    """The update on the device path (backend "eager", as on CUDA) never reads a tensor on the host: every op that
+    would (item, bool, float, tolist, numpy, cpu) raises inside it. _finish_update does the one transfer per step."""
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, backend="eager", **get_preset("tiny", learning_starts=20))
+    model.learn(30)
+    data = model.replay_buffer.sample(model.gradient_steps * model.batch_size)
+
+    def forbidden(name):
+        def raise_(*args, **kwargs):
+            raise AssertionError(f"host sync in the update: Tensor.{name}")
+
+        return raise_
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "__bool__", "__float__", "__int__", "tolist", "numpy", "cpu"):
+            patch.setattr(th.Tensor, name, forbidden(name))
+        stats = model._update(data, model.gradient_steps, model.batch_size)
+    assert {"critic_loss", "base_loss", "edit_loss", "temperature"} <= set(stats)
 
 
 # ------------------------------------------------------------------------------------------- torch.compile
 @pytest.fixture(scope="module")
 def compiled_model():
-    kernels.set_enabled(False)  # everything compiled, the diffusion sampling included (see the next test)
-    try:
-        model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, compile=True, **get_preset("tiny", learning_starts=20))
-        model.learn(40)  # warm-up: every graph compiled once
-    finally:
-        kernels.set_enabled(None)
+    model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, compile=True, **get_preset("tiny", learning_starts=20))
+    model.learn(40)  # warm-up: every graph compiled once
     return model
 
 
-@pytest.mark.skipif(kernels.native_denoiser() is None, reason="native denoiser unavailable")
-def test_compile_keeps_native_diffusion_sampling_eager_on_the_cpu():
+def test_compile_wraps_the_loss_functions():
     model = EXPO("MlpPolicy", "Pendulum-v1", seed=0, compile=True, device="cpu", **get_preset("tiny"))
-    assert model._fns["next_candidates"] == model._next_candidates  # eager: the native kernel
-    assert model.policy._act_fn is None
-    assert model._fns["critic_loss"] != model._critic_loss  # compiled
+    assert model._losses.critic_loss is not losses.critic_loss and model.policy._act_fn is not None  # compiled
+    plain = EXPO("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", **get_preset("tiny"))
+    assert plain._losses.critic_loss is losses.critic_loss and plain.policy._act_fn is None
 
 
 def test_compile_does_not_recompile_after_warmup(compiled_model):
@@ -215,14 +270,22 @@ def test_compile_saves_and_loads(compiled_model, tmp_path):
 
 
 def test_compiled_and_eager_update_agree(compiled_model):
-    model = compiled_model
+    """The same loss functions, compiled and eager, on the same inputs and seeds give the same numbers."""
+    model, otf = compiled_model, compiled_model.otf_config
     data = model.replay_buffer.sample(model.batch_size)
     outputs = {}
-    for name, fn in [("compiled", model._fns["critic_loss"]), ("eager", model._critic_loss)]:
+    for name, fns in [("compiled", model._losses), ("eager", losses)]:
         th.manual_seed(5)
-        candidates = (model._fns["next_candidates"] if name == "compiled" else model._next_candidates)(data.next_observations)
+        candidates = fns.td_candidates(model.policy, otf, data.next_observations, 0, False)
         th.manual_seed(6)
-        outputs[name] = (candidates, *fn(data.observations, data.actions, data.next_observations, data.rewards.flatten(), data.dones.flatten(), model.gamma, candidates))
+        critic = fns.critic_loss(model.policy, otf, data.observations, data.actions, data.next_observations,
+                                 data.rewards.flatten(), data.dones.flatten(), model.gamma, candidates)  # fmt: skip
+        th.manual_seed(7)
+        base = fns.base_loss(model.policy, data.observations, data.actions, False)
+        alpha = model.policy.temperature().detach()
+        th.manual_seed(8)
+        edit = fns.edit_loss(model.policy, otf, data.observations, data.actions, alpha, model._edit_log_scale)
+        outputs[name] = (candidates, *critic, base, *edit)
     for a, b in zip(outputs["compiled"], outputs["eager"]):
         th.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-5)
 
@@ -233,7 +296,7 @@ def test_mixed_precision_loss_stays_finite():
     values = model.logger.name_to_value
     assert np.isfinite(values["train/base_loss"]) and np.isfinite(values["train/critic_loss"])
     data = model.replay_buffer.sample(32)
-    assert th.isfinite(model._base_loss(data.observations, data.actions))
+    assert th.isfinite(losses.base_loss(model.policy, data.observations, data.actions, mixed_precision=True))
 
 
 def test_adam_optimisers_are_fused_unless_the_user_picks_an_implementation(tmp_path):
