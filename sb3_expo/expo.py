@@ -441,6 +441,9 @@ class EXPO(OffPolicyAlgorithm):
             fns = UpdateFunctions(*(th.compile(fn, mode=mode, dynamic=False) for fn in fns))
             self.policy._act_fn = th.compile(self.policy.otf_act, mode=mode, dynamic=False)
         self._losses = fns
+        # CUDA graphs (compile on CUDA) reuse their output buffers on every replay: an output kept across replays (the
+        # candidates, read by every critic update; the per-minibatch losses, stacked at the end) must be a copy.
+        self._keep = th.clone if self.compile and self.device.type == "cuda" else _identity
 
     def _create_aliases(self) -> None:
         self.base_policy = self.policy.base_policy
@@ -459,6 +462,7 @@ class EXPO(OffPolicyAlgorithm):
             "q_ensemble_target",
             "temperature",
             "_losses",
+            "_keep",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
@@ -509,7 +513,7 @@ class EXPO(OffPolicyAlgorithm):
         :param next_candidates: precomputed TD-target candidates (benchmarks time the critic updates alone with it).
         :return: detached scalar tensors, reduced on the device: no host sync in here.
         """
-        policy, otf, fns = self.policy, self.otf_config, self._losses
+        policy, otf, fns, keep = self.policy, self.otf_config, self._losses, self._keep
         stats: dict[str, th.Tensor] = {}
         discounts = data.discounts if data.discounts is not None else self.gamma
 
@@ -519,7 +523,7 @@ class EXPO(OffPolicyAlgorithm):
             if next_candidates is None:
                 with record_function("expo/td_candidates"):
                     chunk = self._default_candidate_chunk if self.candidate_chunk_rows is None else self.candidate_chunk_rows
-                    next_candidates = fns.td_candidates(policy, otf, data.next_observations, chunk, self.mixed_precision)
+                    next_candidates = keep(fns.td_candidates(policy, otf, data.next_observations, chunk, self.mixed_precision))
             # 2. gradient_steps critic updates; only the argmax over candidates uses the current target critic.
             critic_losses, q_means, edited = [], [], []
             for g in range(gradient_steps):
@@ -541,9 +545,9 @@ class EXPO(OffPolicyAlgorithm):
                     policy.critic_optimizer.step()
                     # theta' <- (1 - tau) theta' + tau theta: one fused op over the stacked parameters
                     polyak_(policy.q_ensemble_target, policy.q_ensemble, self.tau)
-                    critic_losses.append(loss.detach())
-                    q_means.append(q_mean)
-                    edited.append(edited_fraction)
+                    critic_losses.append(keep(loss.detach()))
+                    q_means.append(keep(q_mean))
+                    edited.append(keep(edited_fraction))
             stats["critic_loss"] = th.stack(critic_losses).mean()
             stats["q_mean"] = th.stack(q_means).mean()
             stats["edited_fraction_target"] = th.stack(edited).mean()
@@ -558,7 +562,7 @@ class EXPO(OffPolicyAlgorithm):
                 base_loss.backward()
                 policy.base_optimizer.step()
                 polyak_(policy.base_policy_ema, policy.base_policy, self.base_ema_tau)  # EMA copy used to act
-                stats["base_loss"] = base_loss.detach()
+                stats["base_loss"] = keep(base_loss.detach())
 
         if update_edit and self.otf_config.uses_edit_policy:
             with record_function("expo/edit_update"):
@@ -574,7 +578,7 @@ class EXPO(OffPolicyAlgorithm):
                 temperature_loss.backward()
                 policy.temperature_optimizer.step()
             stats.update(
-                edit_loss=edit_loss.detach(),
+                edit_loss=keep(edit_loss.detach()),
                 temperature_loss=temperature_loss.detach(),
                 edit_entropy=entropy.mean(),
                 temperature=alpha,
@@ -821,6 +825,10 @@ class EXPO(OffPolicyAlgorithm):
 
 
 @th.no_grad()
+def _identity(x: th.Tensor) -> th.Tensor:
+    return x
+
+
 def polyak_(target: th.nn.Module, source: th.nn.Module, tau: float) -> None:
     """``target <- (1 - tau) target + tau source`` for every parameter, as one fused foreach op."""
     th._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

@@ -65,7 +65,13 @@ def test_learn_pendulum_logs_train_metrics():
 
 
 def test_learn_mujoco_env():
-    model = EXPO("MlpPolicy", "InvertedPendulum-v5", seed=0, **tiny(learning_starts=20))
+    try:
+        env = gym.make("InvertedPendulum-v5")  # never rendered; a headless machine may still fail to load a GL backend
+    except (ImportError, AttributeError, RuntimeError) as e:
+        if not any(word in str(e).lower() for word in ("gl", "egl", "render", "display")):
+            raise
+        pytest.skip(f"MuJoCo's renderer cannot load on this machine (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): {e}")
+    model = EXPO("MlpPolicy", env, seed=0, **tiny(learning_starts=20))
     model.learn(60)
     assert model.num_timesteps == 60
 
@@ -252,7 +258,7 @@ def test_save_load_roundtrip_with_randomised_parameters(tmp_path, policy):
     assert loaded._n_base_updates == model._n_base_updates
     assert loaded.otf_config == model.otf_config
     # the diffusion schedule is not state: it survived the randomisation
-    np.testing.assert_allclose(loaded.policy.base_policy.betas.numpy(), model.policy.base_policy.betas.numpy())
+    np.testing.assert_allclose(loaded.policy.base_policy.betas.cpu().numpy(), model.policy.base_policy.betas.cpu().numpy())
     # training resumes after load
     loaded.learn(30, reset_num_timesteps=False)
     assert loaded.num_timesteps == model.num_timesteps + 30

@@ -160,10 +160,10 @@ def test_minari_alignment_terminations_truncations_and_scaling(minari_tmp):
     np.testing.assert_array_equal(buf.offline_dones, ds.terminations.astype(np.float32))
     np.random.seed(0)
     batch = buf.sample_offline(200)
-    obs, nxt, dones = batch.observations.numpy(), batch.next_observations.numpy(), batch.dones.numpy()[:, 0]
+    obs, nxt, dones = batch.observations.cpu().numpy(), batch.next_observations.cpu().numpy(), batch.dones.cpu().numpy()[:, 0]
     np.testing.assert_array_equal(nxt[:, 1], obs[:, 1] + 1)  # next obs is the next step of the same episode
     np.testing.assert_array_equal(dones, (obs[:, 0] % 2 == 0) & (obs[:, 1] == 2))
-    np.testing.assert_array_equal(batch.rewards.numpy()[:, 0], 100 * obs[:, 0] + obs[:, 1] + 1)
+    np.testing.assert_array_equal(batch.rewards.cpu().numpy()[:, 0], 100 * obs[:, 0] + obs[:, 1] + 1)
 
 
 def test_pendulum_dataset_and_cli(pendulum_dataset_id, minari_datasets_path, monkeypatch, tmp_path, capsys):
@@ -229,17 +229,17 @@ def test_mixed_sampling_layout(pendulum_dataset_id):
     assert buf.online_size == 20
     batch_size, gradient_steps = 32, 5
     batch = buf.sample(batch_size * gradient_steps)
-    is_online = batch.rewards.numpy()[:, 0] == 1000.0
+    is_online = batch.rewards.cpu().numpy()[:, 0] == 1000.0
     np.testing.assert_array_equal(~is_online, offline_row_mask(batch_size * gradient_steps, 0.5))
     for chunk in np.split(is_online, gradient_steps):  # EXPO splits one sample into gradient_steps chunks
         assert chunk.sum() == batch_size // 2
     # online rows are consistent transitions
-    obs, nxt = batch.observations.numpy()[is_online], batch.next_observations.numpy()[is_online]
+    obs, nxt = batch.observations.cpu().numpy()[is_online], batch.next_observations.cpu().numpy()[is_online]
     np.testing.assert_array_equal(nxt, obs + 1)
     assert (buf.sample_offline(128).rewards <= 0).all()
 
     buf.offline_fraction = 0.25
-    is_online = buf.sample(256).rewards.numpy()[:, 0] == 1000.0
+    is_online = buf.sample(256).rewards.cpu().numpy()[:, 0] == 1000.0
     assert (~is_online).sum() == 64
     buf.offline_fraction = 0.0
     assert (buf.sample(64).rewards == 1000.0).all()
@@ -276,9 +276,9 @@ def test_vecnormalize_and_n_envs(pendulum_dataset_id):
     inds = np.random.randint(0, buf.offline_size, size=16)
     np.random.seed(1)
     batch = buf.sample_offline(16, env=venv)
-    np.testing.assert_allclose(batch.observations.numpy(), venv.normalize_obs(buf.offline_observations[inds]), rtol=1e-5)
+    np.testing.assert_allclose(batch.observations.cpu().numpy(), venv.normalize_obs(buf.offline_observations[inds]), rtol=1e-5)
     np.testing.assert_allclose(
-        batch.rewards.numpy()[:, 0], venv.normalize_reward(buf.offline_rewards[inds]), rtol=1e-5, atol=1e-6
+        batch.rewards.cpu().numpy()[:, 0], venv.normalize_reward(buf.offline_rewards[inds]), rtol=1e-5, atol=1e-6
     )
     obs = np.zeros((2, 3), np.float32)
     buf.add(obs, obs, np.zeros((2, 1), np.float32), np.ones(2), np.zeros(2), [{}, {}])
@@ -309,7 +309,7 @@ def test_sb3_algorithms_train_with_buffer(algo, pendulum_dataset_id):
 
 
 def test_dict_observations_multiinputpolicy_and_flattening(minari_tmp):
-    import gymnasium_robotics
+    gymnasium_robotics = pytest.importorskip("gymnasium_robotics", reason="PointMaze needs gymnasium-robotics (the [mujoco] extra)")
 
     gym.register_envs(gymnasium_robotics)
     env = minari.DataCollector(gym.make("PointMaze_UMaze-v3", max_episode_steps=40))
@@ -374,7 +374,7 @@ def test_generic_offline_buffer_dict_counter_and_memory_options(minari_tmp):
     obs = {"pos": np.full((1, 1), 7.0, np.float32), "vel": np.zeros((1, 1), np.float32)}
     buf.add(obs, obs, np.zeros((1, 2), np.float32), np.array([-5.0]), np.array([0.0]), [{}])
     batch = buf.sample(8)
-    np.testing.assert_array_equal(batch.observations["pos"][:, 0].numpy() == 7.0, ~offline_row_mask(8, 0.5))
+    np.testing.assert_array_equal(batch.observations["pos"][:, 0].cpu().numpy() == 7.0, ~offline_row_mask(8, 0.5))
     with pytest.raises(TypeError, match="no Dict-observation variant.*FlattenDictObservation"):
         RobomimicReplayBuffer(10, env.observation_space, env.action_space, path="x.hdf5", obs_keys=["pos"])
 
@@ -387,9 +387,9 @@ def test_generic_offline_buffer_dict_counter_and_memory_options(minari_tmp):
     )
     _fill_online(buf, 12)  # wraps around the 8-slot ring
     batch = buf.sample(64)
-    online = batch.rewards.numpy()[:, 0] == 1000.0
+    online = batch.rewards.cpu().numpy()[:, 0] == 1000.0
     assert online.sum() == 32
-    np.testing.assert_array_equal(batch.next_observations.numpy()[online], batch.observations.numpy()[online] + 1)
+    np.testing.assert_array_equal(batch.next_observations.cpu().numpy()[online], batch.observations.cpu().numpy()[online] + 1)
 
 
 def test_save_load_replay_buffer_round_trip(pendulum_dataset_id, tmp_path):
@@ -535,14 +535,14 @@ def test_space_mismatch_errors(pendulum_dataset_id, monkeypatch):
     with pytest.raises(OfflineDataError, match="offline_fraction must be in"):
         MinariReplayBuffer(10, env.observation_space, env.action_space, dataset_id=pendulum_dataset_id, offline_fraction=1.5)
 
-    # nothing is allocated when validation fails
+    # nothing is allocated when validation fails (the host storage: the allocation goes through ReplayBuffer.__init__)
     calls = []
     original = ReplayBuffer.__init__
     monkeypatch.setattr(ReplayBuffer, "__init__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     with pytest.raises(OfflineDataError):
-        MinariReplayBuffer(10, env.observation_space, spaces.Box(-1, 1, (1,)), dataset_id=pendulum_dataset_id)
+        MinariReplayBuffer(10, env.observation_space, spaces.Box(-1, 1, (1,)), device="cpu", dataset_id=pendulum_dataset_id)
     assert calls == []
-    MinariReplayBuffer(10, env.observation_space, env.action_space, dataset_id=pendulum_dataset_id)
+    MinariReplayBuffer(10, env.observation_space, env.action_space, device="cpu", dataset_id=pendulum_dataset_id)
     assert calls == [1]
 
 
