@@ -8,6 +8,7 @@ from sb3_expo.config import DiffusionConfig, OTFConfig
 from sb3_expo.expo import EXPO, NonFiniteLossError
 from sb3_expo.policies import EXPOPolicy, MlpPolicy, MultiInputPolicy
 from sb3_expo.presets import PRESETS, get_preset
+from sb3_expo.rlpd import RLPD
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,6 @@ __all__ = [
     "MultiInputPolicy",
     "NonFiniteLossError",
     "OTFConfig",
+    "RLPD",
     "get_preset",
 ]

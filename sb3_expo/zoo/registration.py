@@ -42,6 +42,7 @@ def register() -> None:
     from rl_zoo3.utils import ALGOS
 
     ALGOS["expo"] = EXPO
+    ALGOS["rlpd"] = importlib.import_module("sb3_expo.rlpd").RLPD  # the RLPD baseline (docs/rlpd.md)
     HYPERPARAMS_SAMPLER["expo"] = sample_expo_params
     HYPERPARAMS_CONVERTER["expo"] = convert_expo_params
     register_envs()
