@@ -505,3 +505,15 @@ def test_study_pretraining_is_loaded_not_repeated(tmp_path: pathlib.Path, pendul
     assert trial._n_base_updates == 5
     assert trial.policy.base_optimizer.param_groups[0]["lr"] == pytest.approx(trial._base_learning_rate())
     assert trial._base_learning_rate() == pytest.approx(1e-4)  # the trial's own learning rate, not the source's
+
+
+def test_pretrain_callback_shows_a_bar_exactly_when_learn_does() -> None:
+    from stable_baselines3.common.callbacks import CallbackList, EvalCallback, ProgressBarCallback
+
+    from sb3_expo.zoo.pretraining import _learn_shows_progress_bar
+
+    assert PretrainCallback(10).pretrain_kwargs["progress_bar"] is None  # default: follow learn()
+    assert _learn_shows_progress_bar({"progress_bar": True, "callback": CallbackList([])})
+    assert _learn_shows_progress_bar({"progress_bar": False, "callback": CallbackList([PretrainCallback(10), ProgressBarCallback()])})
+    assert not _learn_shows_progress_bar({"progress_bar": False, "callback": CallbackList([PretrainCallback(10)])})
+    assert not _learn_shows_progress_bar({"progress_bar": False, "callback": EvalCallback.__new__(EvalCallback)})
