@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import yaml
 
-from sb3_expo.datasets.controllers import CONTROLLERS, DEMO_DATASETS
+from sb3_expo.datasets.controllers import CONTROLLERS, DEMO_DATASETS, DEMO_ENV_KWARGS
 from sb3_expo.datasets.make_minari import default_dataset_id, main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,6 +33,12 @@ def test_default_id_is_the_zoo_configs_id(env_id):
         other = _zoo_entries(name).get(env_id)
         if other is not None and "dataset_id" in other.get("replay_buffer_kwargs", {}):
             assert other["replay_buffer_kwargs"]["dataset_id"] == default_dataset_id(env_id), name
+
+
+@pytest.mark.parametrize("env_id", sorted(DEMO_ENV_KWARGS))
+def test_zoo_entries_train_on_the_task_the_data_was_recorded_on(env_id):
+    for name in ("expo.yml", "rlpd.yml"):
+        assert _zoo_entries(name)[env_id]["env_kwargs"] == DEMO_ENV_KWARGS[env_id], name
 
 
 def test_main_job_reads_the_default_id():

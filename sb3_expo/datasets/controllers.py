@@ -7,12 +7,15 @@ uniformly random action instead of the controller's.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Callable, Union
 
 import numpy as np
 from gymnasium import spaces
 
-Controller = Callable[[np.ndarray], np.ndarray]
+#: observation (an array, or a dict of arrays for Dict-observation envs such as PointMaze) -> action
+Controller = Callable[[Any], np.ndarray]
 
 # gymnasium Pendulum-v1 constants: theta'' = (3 g / 2 l) sin(theta) + 3 / (m l^2) u, g = 10, m = l = 1.
 _PENDULUM_A = 15.0  # 3 g / (2 l)
@@ -64,9 +67,91 @@ def mountain_car_bang_bang(obs: np.ndarray) -> np.ndarray:
     return np.array([1.0 if float(obs[1]) >= 0.0 else -1.0], dtype=np.float32)
 
 
+# gymnasium-robotics' U-maze (maps.U_MAZE) with a fixed start "r" (top-left) and goal "g" (bottom-left), the two ends of
+# the U: the layout of D4RL's antmaze-umaze, whose local analogue this is.
+POINTMAZE_UMAZE: list[list[Union[int, str]]] = [
+    [1, 1, 1, 1, 1],
+    [1, "r", 0, 0, 1],
+    [1, 1, 1, 0, 1],
+    [1, "g", 0, 0, 1],
+    [1, 1, 1, 1, 1],
+]
+
+
+def _maze_path(maze_map: Sequence[Sequence[Union[int, str]]], start: tuple[int, int], goal: tuple[int, int]) -> list[tuple[int, int]]:
+    """Shortest path of free cells from ``start`` to ``goal`` (breadth-first, 4-neighbour moves), both included."""
+    previous: dict[tuple[int, int], tuple[int, int] | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        cell = queue.popleft()
+        if cell == goal:
+            break
+        i, j = cell
+        for nxt in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+            if nxt not in previous and 0 <= nxt[0] < len(maze_map) and 0 <= nxt[1] < len(maze_map[0]) and maze_map[nxt[0]][nxt[1]] != 1:
+                previous[nxt] = cell
+                queue.append(nxt)
+    if goal not in previous:
+        return [start]  # unreachable (or the position left the free cells): head for the goal directly
+    path, node = [], goal
+    while node is not None:
+        path.append(node)
+        node = previous[node]
+    return path[::-1]
+
+
+def pointmaze_waypoints(
+    obs: dict[str, np.ndarray],
+    maze_map: Sequence[Sequence[Union[int, str]]] = POINTMAZE_UMAZE,
+    scaling: float = 1.0,
+    kp: float = 10.0,
+    kd: float = 1.0,
+) -> np.ndarray:
+    """
+    Waypoint controller for gymnasium-robotics ``PointMaze`` (obs ``{"observation": [x, y, vx, vy],
+    "desired_goal": [gx, gy], ...}``, action: force in ``[-1, 1]^2``): a breadth-first path through the maze's
+    cells from the ball's cell to the goal's, then a PD law toward the next cell's centre (the goal itself once in
+    the goal's cell). Moving between adjacent cells stays inside their union, so it never aims through a wall.
+    Noise-free it reaches the goal of ``PointMaze_UMaze-v3`` (start and goal at the two ends of the U) in about
+    110-130 of the 300 steps (random start and goal cells, the registered default, work as well).
+
+    :param obs: the Dict observation
+    :param maze_map: the env's maze map (1 = wall); any map with free cells works (the env's own goal cells)
+    :param scaling: the env's ``maze_size_scaling`` (PointMaze: 1)
+    :param kp: proportional gain on the position error
+    :param kd: derivative gain on the velocity
+    :return: force, shape ``(2,)``
+    """
+    x, y, vx, vy = (float(v) for v in obs["observation"][:4])
+    goal = np.asarray(obs["desired_goal"], dtype=np.float64)
+    n_rows, n_cols = len(maze_map), len(maze_map[0])
+
+    def cell(px: float, py: float) -> tuple[int, int]:  # Maze.cell_xy_to_rowcol
+        i = int(np.floor((n_rows / 2 * scaling - py) / scaling))
+        j = int(np.floor((px + n_cols / 2 * scaling) / scaling))
+        return min(max(i, 0), n_rows - 1), min(max(j, 0), n_cols - 1)
+
+    path = _maze_path(maze_map, cell(x, y), cell(float(goal[0]), float(goal[1])))
+    if len(path) > 1:
+        i, j = path[1]  # centre of the next cell (Maze.cell_rowcol_to_xy)
+        target = np.array([(j + 0.5) * scaling - n_cols / 2 * scaling, n_rows / 2 * scaling - (i + 0.5) * scaling])
+    else:
+        target = goal
+    force = kp * (target - np.array([x, y])) - kd * np.array([vx, vy])
+    return np.clip(force, -1.0, 1.0).astype(np.float32)
+
+
 CONTROLLERS: dict[str, Controller] = {
     "Pendulum-v1": pendulum_swingup,
     "MountainCarContinuous-v0": mountain_car_bang_bang,
+    "PointMaze_UMaze-v3": pointmaze_waypoints,
+}
+
+# gym.make kwargs of the demo env, for the envs whose demo task is not the registered default: make_minari writes the
+# dataset on this env, and the env's zoo_configs entries pass the same env_kwargs (tests/test_dataset_names.py).
+# PointMaze: the sparse reward (the registered default), the episode ends at the goal, fixed start and goal.
+DEMO_ENV_KWARGS: dict[str, dict[str, Any]] = {
+    "PointMaze_UMaze-v3": {"continuing_task": False, "maze_map": POINTMAZE_UMAZE},
 }
 
 # The demo dataset of each env with a controller: (short name, quality, episodes). Its id is
@@ -75,6 +160,7 @@ CONTROLLERS: dict[str, Controller] = {
 DEMO_DATASETS: dict[str, tuple[str, str, int]] = {
     "Pendulum-v1": ("pendulum", "medium", 20),
     "MountainCarContinuous-v0": ("mountaincar", "expert", 10),
+    "PointMaze_UMaze-v3": ("pointmaze-umaze", "expert", 10),
 }
 
 # (gaussian noise std in scaled [-1, 1] units, probability of a uniformly random action)

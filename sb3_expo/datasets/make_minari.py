@@ -6,17 +6,22 @@ Command line::
         --dataset-id sb3-expo/pendulum-medium-v0
 
 Without ``--quality``, ``--episodes`` and ``--dataset-id`` it writes the env's demo dataset, the one
-``zoo_configs/*.yml`` and the main job read (``sb3-expo/pendulum-medium-v0``, ``sb3-expo/mountaincar-expert-v0``).
+``zoo_configs/*.yml`` and the main job read (``sb3-expo/pendulum-medium-v0``, ``sb3-expo/mountaincar-expert-v0``,
+``sb3-expo/pointmaze-umaze-expert-v0``).
 
 The dataset is written under ``$MINARI_DATASETS_PATH/<dataset-id>`` (default ``~/.minari/datasets``). Episodes end
 as the env ends them: ``TimeLimit`` cuts are truncations (Pendulum never terminates), reaching the flag in
-MountainCar is a termination.
+MountainCar or the goal in PointMaze is a termination. PointMaze (gymnasium-robotics) is recorded on its demo task,
+``DEMO_ENV_KWARGS`` in ``controllers.py`` (sparse reward, fixed start and goal, the episode ends at the goal), with its
+Dict observations as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import io
 import json
 import os
 import shutil
@@ -27,7 +32,27 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sb3_expo.datasets.controllers import CONTROLLERS, DEMO_DATASETS, QUALITY_PRESETS, Controller, NoisyController
+from sb3_expo.datasets.controllers import (
+    CONTROLLERS,
+    DEMO_DATASETS,
+    DEMO_ENV_KWARGS,
+    QUALITY_PRESETS,
+    Controller,
+    NoisyController,
+)
+
+
+def _register_robotics_envs(env_id: str) -> None:
+    """Register gymnasium-robotics' envs (PointMaze, ...) if ``env_id`` is not known yet and the package is installed."""
+    if env_id in gym.registry:
+        return
+    try:
+        # its import prints a notice about the Adroit *Dense-v1 rewards (farama_notifications): keep the output clean
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            import gymnasium_robotics
+    except ImportError:
+        return
+    gym.register_envs(gymnasium_robotics)
 
 
 def default_dataset_id(env_id: str, quality: str | None = None) -> str:
@@ -99,7 +124,7 @@ def make_minari_dataset(
     :param quality: ``"expert"``, ``"medium"`` or ``"random"``: presets for ``noise`` / ``random_prob``
     :param controller: observation -> action; default: the built-in one for ``env_id``
     :param overwrite: delete and rewrite an existing dataset with this id
-    :param env_kwargs: extra keyword arguments for ``gym.make``
+    :param env_kwargs: extra keyword arguments for ``gym.make`` (default: the env's ``DEMO_ENV_KWARGS``, if any)
     :param verbose: 1 prints the mean return
     :return: the ``minari.MinariDataset``
     """
@@ -127,6 +152,9 @@ def make_minari_dataset(
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}.")
 
+    if env_kwargs is None:
+        env_kwargs = copy.deepcopy(DEMO_ENV_KWARGS.get(env_id))  # the env keeps references (e.g. maze_map)
+    _register_robotics_envs(env_id)
     env = minari.DataCollector(gym.make(env_id, **(env_kwargs or {})), record_infos=False)
     policy = NoisyController(controller, env.action_space, noise=noise, random_prob=random_prob, seed=seed)
     try:
@@ -145,7 +173,7 @@ def make_minari_dataset(
             warnings.simplefilter("ignore", UserWarning)
             dataset = env.create_dataset(
                 dataset_id=dataset_id,
-                eval_env=env_id,
+                eval_env=env.env.spec if env_kwargs else env_id,  # with env_kwargs: the spec that holds them
                 algorithm_name=f"scripted-{quality}",
                 author="sb3-expo",
                 author_email="sb3-expo@users.noreply.github.com",
@@ -173,8 +201,8 @@ def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Pendulum-v1", choices=sorted(CONTROLLERS))
     demo = "default: the env's demo dataset's, as zoo_configs/*.yml write it"
-    parser.add_argument("--episodes", type=int, default=None, help=f"{demo} (Pendulum 20, MountainCar 10)")
-    parser.add_argument("--quality", default=None, choices=sorted(QUALITY_PRESETS), help=f"{demo} (medium, expert)")
+    parser.add_argument("--episodes", type=int, default=None, help=f"{demo} (Pendulum 20, MountainCar 10, PointMaze 10)")
+    parser.add_argument("--quality", default=None, choices=sorted(QUALITY_PRESETS), help=f"{demo} (medium, expert, expert)")
     parser.add_argument("--dataset-id", default=None, help="default: sb3-expo/<short env name>-<quality>-v0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=None, help="override the quality preset")
