@@ -418,6 +418,8 @@ def test_rl_zoo3_cli_leaves_other_algorithms_alone() -> None:
     assert not hooked._ours() and ours._ours()  # plain `rl_zoo3.train --algo sac` runs exactly as without sb3-expo
     hooked.algo = "expo"
     assert hooked._ours()
+    hooked.algo = "rlpd"  # the package's other algorithm: its YAML keys work under rl_zoo3.train too
+    assert hooked._ours()
 
 
 def test_params_typo_is_blamed_on_params(tmp_path: pathlib.Path, pendulum_dataset_id: str, capsys: pytest.CaptureFixture) -> None:

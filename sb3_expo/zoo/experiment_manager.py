@@ -23,10 +23,14 @@ from sb3_expo.zoo.validation import ZooConfigError, load_zoo_yaml, validate_hype
 _PRETRAIN_CALLBACK = "sb3_expo.zoo.PretrainCallback"
 
 
-def default_config() -> Optional[str]:
-    """``zoo_configs/expo.yml`` of the working directory, else of the source checkout this package runs from."""
-    here = pathlib.Path(__file__).resolve().parents[2] / "zoo_configs" / "expo.yml"
-    for candidate in (pathlib.Path("zoo_configs/expo.yml"), here):
+#: The algorithms this package adds to the zoo: their YAML keys and checks apply under ``python -m rl_zoo3.train`` too.
+OUR_ALGOS = ("expo", "rlpd")
+
+
+def default_config(algo: str = "expo") -> Optional[str]:
+    """``zoo_configs/<algo>.yml`` of the working directory, else of the source checkout this package runs from."""
+    here = pathlib.Path(__file__).resolve().parents[2] / "zoo_configs" / f"{algo}.yml"
+    for candidate in (pathlib.Path(f"zoo_configs/{algo}.yml"), here):
         if candidate.is_file():
             return str(candidate)
     return None
@@ -98,7 +102,7 @@ def _create_tables(storage: Optional[str], attempts: int = 5) -> None:
 class EXPOExperimentManager(ExperimentManager):
     """RL Zoo's ``ExperimentManager`` with EXPO's YAML keys and checks (``python -m sb3_expo.train``, every algo).
 
-    On top of the zoo: ``--algo expo`` without ``-conf`` reads ``zoo_configs/expo.yml``; every key is checked before
+    On top of the zoo: ``--algo expo`` / ``rlpd`` without ``-conf`` reads ``zoo_configs/<algo>.yml``; every key is checked before
     any env is built (a bad ``-params`` key is blamed on ``-params``); ``-optimize`` pretrains once per study (the
     trials load the result) and bounds the search space by the preset of ``--device``; ``-i`` says whether the
     replay buffer was reloaded.
@@ -109,15 +113,18 @@ class EXPOExperimentManager(ExperimentManager):
 
     def __init__(self, args: Any, algo: str, *posargs: Any, **kwargs: Any) -> None:
         super().__init__(args, algo, *posargs, **kwargs)
-        if self.algo == "expo" and not os.path.isfile(self.config) and self.config.endswith("hyperparams/expo.yml"):
-            default = default_config()  # the zoo's own default file for 'expo' does not exist
+        zoo_default = f"hyperparams/{self.algo}.yml"
+        if self.algo in OUR_ALGOS and not os.path.isfile(self.config) and self.config.endswith(zoo_default):
+            default = default_config(self.algo)  # the zoo has no hyperparams file for our algorithms
             if default is None:
-                raise ZooConfigError("No -conf given and zoo_configs/expo.yml not found: pass -conf <your expo.yml>.")
+                raise ZooConfigError(
+                    f"No -conf given and zoo_configs/{self.algo}.yml not found: pass -conf <your {self.algo}.yml>."
+                )
             print(f"Using hyperparameters from {default} (pass -conf to choose another file)")
             self.config = default
 
     def _ours(self) -> bool:
-        return self.algo == "expo" or not self.expo_only
+        return self.algo in OUR_ALGOS or not self.expo_only
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if not self._ours():
@@ -192,8 +199,8 @@ class EXPOExperimentManager(ExperimentManager):
 
 
 class RLZooExperimentManager(EXPOExperimentManager):
-    """What ``python -m rl_zoo3.train`` uses once sb3-expo's hook ran: EXPO's processing for ``--algo expo``, the zoo's
-    own behaviour for every other algorithm."""
+    """What ``python -m rl_zoo3.train`` uses once sb3-expo's hook ran: EXPO's processing for ``--algo expo`` and
+    ``--algo rlpd``, the zoo's own behaviour for every other algorithm."""
 
     expo_only = True
 
