@@ -156,7 +156,8 @@ def render(results: dict, targets: dict | None, args: argparse.Namespace) -> str
         gpu = ROOT / "bench" / "results" / "gpu_check.json"
         lines.append(
             f"These are CPU numbers from this {os.cpu_count()}-core machine. GPU numbers come from "
-            f"`bash bench/gpu_check.sh` (bench/results/gpu_check.json): {'see that file' if gpu.exists() else 'not measured yet'}."
+            f"`bash bench/gpu_check.sh` (bench/results/gpu_check.json): {'see that file' if gpu.exists() else 'not measured yet'}. "
+            f"Wall-clock times: other jobs on the machine slow them (load average at the end: {os.getloadavg()[0]:.1f})."
         )
     lines += ["", "| config | ms per env step | acting p50 ms | p90 ms | ratio to sac_utd1 (ms/step) |", "|---|---:|---:|---:|---:|"]
     sac = results.get("sac_utd1", {}).get("ms_per_env_step")

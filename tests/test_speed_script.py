@@ -13,7 +13,8 @@ import pytest
 import torch as th
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = ["expo_fp32", "expo_compiled", "sac_utd1"]
+# expo_compiled is left out: with a cold inductor cache its compilation alone takes ~100 s on 2 CPU cores
+CONFIGS = ["expo_fp32", "sac_utd1"]
 
 
 def test_speed_smoke(tmp_path):
@@ -36,7 +37,7 @@ def test_speed_smoke(tmp_path):
     assert list(results["configs"]) == CONFIGS
     for name, r in results["configs"].items():
         assert r["ms_per_env_step"] > 0 and 0 < r["act_p50_ms"] <= r["act_p90_ms"], (name, r)
-        assert (r["compile_s"] is not None) == (name == "expo_compiled")
+        assert r["compile_s"] is None and r["warmup_s"] > 0
 
 
 @pytest.mark.skipif(th.cuda.is_available(), reason="checks the message on a machine without CUDA")
