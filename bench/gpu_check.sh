@@ -5,7 +5,8 @@
 #
 # (a) prints the GPUs and the torch / CUDA versions; (b) runs the test suite on CUDA (SB3_EXPO_TEST_DEVICE=cuda,
 # not the slow tests); (c) runs bench/speed.py on CUDA, 100 timed steps per config (bench/results/gpu_check_speed.json, gpu_check.md);
-# (d) runs the main job (python -m sb3_expo.main_job, logs/gpu_check_main_job); (e) writes bench/results/gpu_check.json.
+# (d) runs the main job (python -m sb3_expo.main_job, logs/gpu_check_main_job) and, on its model, bench/precision.py
+# (does the max-Q choice survive bf16 / TF32?); (e) writes bench/results/gpu_check.json.
 # Every step is time-capped and the whole script stays within BUDGET_S (default 440 s, plus at most 10 s per
 # killed step: under 8 minutes on one H100).
 # A failed or timed-out step is recorded and the script goes on; it exits non-zero at the end if any step failed.
@@ -54,13 +55,23 @@ SPEED_RC=$?
 echo "speed exit $SPEED_RC (cap ${T} s)"
 
 echo "== (d) main job"
-T=$(cap 180 10)
+T=$(cap 180 40)
 JOB_START=$SECONDS
 timeout -k 10 "$T" "$PY" -m sb3_expo.main_job --out logs/gpu_check_main_job --no-progress >"$LOGS/main_job.log" 2>&1
 JOB_RC=$?
 JOB_WALL=$((SECONDS - JOB_START))
 tail -n 5 "$LOGS/main_job.log"
 echo "main job exit $JOB_RC (cap ${T} s, ${JOB_WALL} s)"
+
+echo "== (d2) reduced precision: the max-Q choice under bf16 / TF32 vs float32, on the main job's model"
+rm -f "$RESULTS/gpu_check_precision.json"
+if [ -f logs/gpu_check_main_job/expo_pendulum.zip ]; then
+    timeout -k 10 "$(cap 40 5)" "$PY" -m bench.precision --model logs/gpu_check_main_job/expo_pendulum.zip --device cuda \
+        --out "$RESULTS/gpu_check_precision.json" 2>"$LOGS/precision.err"
+    echo "precision exit $?"
+else
+    echo "skipped: the main job saved no model"
+fi
 
 echo "== (e) $RESULTS/gpu_check.json"
 PYTEST_RC=$PYTEST_RC PYTEST_SUMMARY=$PYTEST_SUMMARY SPEED_RC=$SPEED_RC JOB_RC=$JOB_RC JOB_WALL=$JOB_WALL "$PY" - <<'EOF'
@@ -83,6 +94,8 @@ out = {
                  "wall_s": int(os.environ["JOB_WALL"])},
     "failed": failed,
 }
+precision = pathlib.Path("bench/results/gpu_check_precision.json")
+out["precision"] = json.loads(precision.read_text())["configs"] if precision.exists() else None
 pathlib.Path("bench/results/gpu_check.json").write_text(json.dumps(out, indent=2) + "\n")
 print(json.dumps(out, indent=2))
 EOF
