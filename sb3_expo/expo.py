@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import numbers
 import pathlib
 import pickle
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, NamedTuple, Optional, TypeVar, Union
 
@@ -35,6 +33,7 @@ from sb3_expo import losses
 from sb3_expo.policies import CnnPolicy, EXPOPolicy, MlpPolicy, MultiInputPolicy
 from sb3_expo.presets import resolve_preset
 from sb3_expo.utils.atomic_io import atomic_path
+from sb3_expo.utils.checkpoints import check_expo_checkpoint, sb3_save_path
 
 SelfEXPO = TypeVar("SelfEXPO", bound="EXPO")
 
@@ -698,14 +697,14 @@ class EXPO(OffPolicyAlgorithm):
         leaves the previous checkpoint at ``path`` intact. File-like objects are written directly, as SB3 does."""
         if not isinstance(path, (str, pathlib.Path)):
             return super().save(path, exclude=exclude, include=include)
-        with atomic_path(_sb3_save_path(path, "zip"), suffix=".zip") as tmp:
+        with atomic_path(sb3_save_path(path, "zip"), suffix=".zip") as tmp:
             super().save(tmp, exclude=exclude, include=include)
 
     def save_replay_buffer(self, path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
         """SB3's ``save_replay_buffer``, atomic for paths (temporary file in the same folder, then a rename)."""
         if not isinstance(path, (str, pathlib.Path)):
             return super().save_replay_buffer(path)
-        with atomic_path(_sb3_save_path(path, "pkl"), suffix=".pkl") as tmp:
+        with atomic_path(sb3_save_path(path, "pkl"), suffix=".pkl") as tmp:
             super().save_replay_buffer(tmp)
 
     def load_replay_buffer(
@@ -758,7 +757,7 @@ class EXPO(OffPolicyAlgorithm):
         The offline part of a ``MinariReplayBuffer`` / ``RobomimicReplayBuffer`` is re-attached when its dataset is
         available; otherwise one ``OfflineDatasetMissingWarning`` names it and the model loads without it (predict,
         evaluate and online ``learn()`` work) until ``model.replay_buffer.attach_offline()``."""
-        _check_expo_checkpoint(path)
+        check_expo_checkpoint(path)
         try:
             return super().load(
                 path,
@@ -858,68 +857,3 @@ def _check_total_timesteps(total_timesteps: Any) -> int:
             "train for). Fix: pass a positive int such as 20_000."
         )
     return int(total_timesteps)
-
-
-def _sb3_save_path(path: Union[str, pathlib.Path], suffix: str) -> pathlib.Path:
-    """The file SB3's ``open_path`` writes for ``path``: ``.<suffix>`` added to a name without one, ``<path>_2``
-    when ``path`` is a folder."""
-    path = pathlib.Path(path)
-    if path.suffix == "":
-        path = pathlib.Path(f"{path}.{suffix}")
-    if path.is_dir():
-        warnings.warn(f"Path '{path}' is a folder. Will save instead to {path}_2", stacklevel=3)
-        path = pathlib.Path(f"{path}_2")
-    return path
-
-
-def _check_expo_checkpoint(path: Any) -> None:
-    """Fail early, with a message that names the problem, on a file that is not an EXPO checkpoint."""
-    if not isinstance(path, (str, pathlib.Path)):
-        return  # file-like objects: let SB3 read them
-    path = pathlib.Path(path)
-    if not path.exists() and path.with_suffix(".zip").exists():
-        path = path.with_suffix(".zip")
-    if not path.exists():
-        raise FileNotFoundError(f"No EXPO checkpoint at '{path}' (also tried '{path}.zip').")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if "data" not in archive.namelist():
-                raise ValueError(f"'{path}' is a zip file but not an SB3 checkpoint (it has no 'data' entry).")
-            data = json.loads(archive.read("data"))
-            names = set(archive.namelist())
-            bad = archive.testzip()
-    except zipfile.BadZipFile as e:
-        raise ValueError(
-            f"'{path}' is not a valid SB3/EXPO checkpoint: it is not a readable zip file ({e}). The file may be "
-            "truncated or corrupt; re-save the model with model.save()."
-        ) from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"'{path}' has a corrupt 'data' entry ({e}); re-save the model with model.save().") from e
-    if bad is not None:
-        raise ValueError(f"'{path}' is corrupt: member '{bad}' fails its CRC check. Re-save the model with model.save().")
-    # Every EXPO checkpoint stores the base policy's optimiser; no other SB3 algorithm does.
-    if "policy.base_optimizer.pth" not in names:
-        policy_class = data.get("policy_class", {})
-        raise ValueError(
-            f"'{path}' is not an EXPO checkpoint (its policy class comes from module "
-            f"'{policy_class.get('__module__', '?')}' and it has no EXPO base-policy optimiser). Load it with the "
-            "algorithm that saved it (e.g. SAC.load)."
-        )
-    missing = [f"no '{m}' entry" + (" (the network weights)" if m == "policy.pth" else "") for m in _CHECKPOINT_MEMBERS if m not in names]
-    missing += [f"its 'data' entry has no '{k}'" for k in _CHECKPOINT_DATA_KEYS if k not in data]
-    if missing:
-        raise ValueError(
-            f"'{path}' is an incomplete EXPO checkpoint: {'; '.join(missing)}. The file was written partly or "
-            "edited; load an intact checkpoint, or re-save the model with model.save()."
-        )
-
-
-# What every EXPO checkpoint holds (model.save): the zip members and the keys of its 'data' entry that load() needs.
-_CHECKPOINT_MEMBERS = (
-    "policy.pth",
-    "policy.base_optimizer.pth",
-    "policy.edit_optimizer.pth",
-    "policy.critic_optimizer.pth",
-    "policy.temperature_optimizer.pth",
-)
-_CHECKPOINT_DATA_KEYS = ("policy_class", "observation_space", "action_space", "policy_kwargs")

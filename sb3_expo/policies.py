@@ -22,7 +22,6 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
-from torch import nn
 
 from sb3_expo.backends import EagerBackend, make_backend, resolve_backend_name
 from sb3_expo.config import DiffusionConfig, OTFConfig
