@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The full sample-efficiency run, in priority order, 2 processes side by side. Every run is cached under
-# bench/cache/runs/ (and resumes from its last evaluation if interrupted), so this can be stopped and restarted.
-# Order: the main methods on seeds 0-2, the stability variants (Pendulum) on seeds 0-2, the main methods on seeds
-# 3-4, then the reviewers' ablations (best-of-N, random selection, no data) on seeds 0-4.
-# Usage (from the repository root): nohup bash bench/run_full.sh > bench/cache/full_run.log 2>&1 &
+# The full sample-efficiency run (issue 22), in priority order, 2 processes side by side.
+# Every run is cached under bench/cache/runs/ (an interrupted run resumes from its last evaluation) and, once
+# finished, copied to bench/results/runs/<task>/<method>/seed<k>.json (committed: `git add -f bench/results/runs`,
+# the folder name is in .gitignore). A finished run found in either place is not run again, so this script can be
+# stopped and restarted at any time, by any later session:
+#   nohup bash bench/run_full.sh > bench/cache/full_run.log 2>&1 &
+# Order: the imitation-only base (cheap, checks that pretraining matches the data), then EXPO and RLPD on every task
+# for seeds 0-4 (so that the ratios exist early), then EXPO online with data and SAC, then the ablations.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-MAIN=(expo rlpd sac base_only)
-VARIANTS=(expo_no_warmup expo_ema_fast expo_edit_small expo_utd4 expo_pretrained_critic expo_base_offline)
+export OMP_NUM_THREADS=1
+TASKS=(pendulum mountaincar pointmaze)
+SEEDS=(0 1 2 3 4)
 RUNS=()
-for s in 0 1 2; do for t in pendulum mountaincar; do for m in "${MAIN[@]}"; do RUNS+=("$t/$m/$s"); done; done; done
-for s in 0 1 2; do for m in "${VARIANTS[@]}"; do RUNS+=("pendulum/$m/$s"); done; done
-for s in 3 4; do for t in pendulum mountaincar; do for m in "${MAIN[@]}"; do RUNS+=("$t/$m/$s"); done; done; done
-for s in 0 1 2 3 4; do
-  for m in expo_best_of_n expo_random_select expo_no_data; do RUNS+=("pendulum/$m/$s"); done
-  for m in expo_best_of_n expo_random_select; do RUNS+=("mountaincar/$m/$s"); done
+for t in "${TASKS[@]}"; do for s in "${SEEDS[@]}"; do RUNS+=("$t/base_only/$s"); done; done
+for s in "${SEEDS[@]}"; do for t in "${TASKS[@]}"; do for m in rlpd expo; do RUNS+=("$t/$m/$s"); done; done; done
+for s in "${SEEDS[@]}"; do for t in "${TASKS[@]}"; do for m in expo_online_data sac; do RUNS+=("$t/$m/$s"); done; done; done
+for s in "${SEEDS[@]}"; do
+  for t in "${TASKS[@]}"; do
+    for m in expo_online_selector expo_best_of_n expo_random_select; do RUNS+=("$t/$m/$s"); done
+  done
 done
-$PY -m bench.sample_efficiency --runs "${RUNS[@]}" --jobs 2
+$PY -m bench.sample_efficiency --runs "${RUNS[@]}" --jobs "${JOBS:-2}"
 $PY -m bench.sample_efficiency --report-only

@@ -1,28 +1,38 @@
-"""Sample-efficiency benchmark: EXPO beside SAC, an RLPD-style SAC, the imitation-only base and EXPO's ablations.
+"""Sample-efficiency benchmark: EXPO against RLPD (``sb3_expo.RLPD``), SAC, imitation alone and EXPO's ablations.
 
-Tasks (2-core CPU, data written locally by ``sb3_expo.datasets.make_minari``, no download):
+Tasks (2-core CPU, data written locally by the project's dataset command, ``make_minari_dataset``, no download):
 
 * ``pendulum``: Pendulum-v1 (dense reward) with a small mediocre Minari dataset (10 noisy scripted episodes);
 * ``mountaincar``: MountainCarContinuous-v0 (+100 at the goal, small action penalty: sparse for the goal) with
-  5 noisy scripted demos that reach the goal.
+  5 noisy scripted demos that reach the goal;
+* ``pointmaze``: gymnasium-robotics ``PointMaze_UMaze-v3`` on its demo task (``DEMO_ENV_KWARGS``: fixed start and goal
+  at the two ends of the U, reward 1 at the goal and 0 elsewhere, the episode ends at the goal, 300 steps at most):
+  the sparse, long-horizon navigation task, local analogue of AntMaze, with 10 demos of the scripted waypoint
+  controller. Its Dict observations are flattened (``observation``, ``desired_goal``) the same way on both sides:
+  ``FlattenDictObservation`` on the env, ``obs_keys`` in the ``MinariReplayBuffer``.
 
 Methods (same env-step budget, same offline data where they use it, same seeds). Every evaluation point runs both
 modes on the same reset seeds: ``deterministic=True`` (what SB3's ``evaluate_policy`` and rl_zoo3 use) and
-stochastic (the paper's evaluation of EXPO: the on-the-fly policy with fresh noise; for SAC a sampled action).
+stochastic (the paper's evaluation of EXPO: the on-the-fly policy with fresh noise; for SAC/RLPD a sampled action).
+
+Main methods (``MAIN_METHODS``: the full run):
 
 * ``expo``: EXPO, ``cpu`` preset, 50/50 offline/online minibatches, base pretrained on the offline data;
+* ``expo_online_data``: the same EXPO and buffer without pretraining (online RL with offline data, as RLPD);
+* ``rlpd``: ``sb3_expo.RLPD`` (10 LayerNorm critics, min over a random pair in the target, mean over critics in the
+  actor loss, entropy backup) with EXPO cpu's UTD (``gradient_steps``), batch size, critic width and warm-up, on the
+  same 50/50 ``MinariReplayBuffer``; actor 256x256;
 * ``sac``: SB3 SAC with its defaults, no data;
-* ``rlpd``: SB3 SAC with the same 50/50 ``MinariReplayBuffer``, 10 critics, EXPO cpu's UTD (2), batch (128) and
-  critic width. Not full RLPD: SB3 SAC has no LayerNorm critics and takes the min over ALL 10 critics (RLPD: a
-  random subset of 2) in the target and in the actor loss (RLPD: the mean);
 * ``base_only``: the pretrained diffusion base alone (EXPO with ``edit_scale=0, n_action_samples=1``, same
   pretraining), evaluated without any online step: imitation only;
 * ``expo_best_of_n``: EXPO with ``edit_scale=0`` (best-of-N base samples, no edit policy);
 * ``expo_random_select``: EXPO with ``selection="random"`` (no max-Q selection);
-* ``expo_no_data`` (dense task only): ``EXPO("MlpPolicy", env, **cpu preset)`` without a dataset.
+* ``expo_online_selector``: EXPO with ``selection_critic="online"`` (candidates scored by the online critics instead
+  of the target ones: the control for optimistic bias).
 
-Stability variants (EXPO with one setting changed; run them with ``--methods``, any task), the candidates for why
-returns fall back after a good phase:
+Kept, not in the main run (``--methods``; committed results of earlier rounds): ``expo_no_data``
+(``EXPO("MlpPolicy", env, **cpu preset)`` without a dataset) and the stability variants (EXPO with one setting
+changed), the candidates for why returns fall back after a good phase:
 
 * ``expo_no_warmup``: no random-action warm-up (``learning_starts=0``, as the main job);
 * ``expo_ema_fast``: base EMA rate 0.005 instead of 0.001;
@@ -33,12 +43,17 @@ returns fall back after a good phase:
 * ``expo_base_offline``: the base policy keeps training online on offline minibatches only, instead of the 50/50
   ones (it never imitates the online data).
 
-Every (task, method, seed) run is cached as ``<cache>/runs/<task>/<method>/seed<k>.json`` (written after every
-evaluation, with a checkpoint for resuming), so the table can be built over several invocations::
+Q overestimation: at every evaluation point, along the stochastic evaluation episodes, the critics' estimate of the
+actions taken (min over a random pair of target critics: the value the TD target uses; and the mean over all target
+critics) against the discounted Monte Carlo return from that step (``q_vs_return``).
 
-    python -m bench.sample_efficiency --quick                       # smoke test: 1 seed, tiny budgets (~2-3 min)
+Every (task, method, seed) run is cached as ``<cache>/runs/<task>/<method>/seed<k>.json`` (written after every
+evaluation, with a checkpoint for resuming); a finished run is also copied to ``<results>/runs/`` (committed), and a
+finished run found there is not run again. The tables are built from both::
+
+    python -m bench.sample_efficiency --quick                       # smoke test: 1 seed, tiny budgets (a few minutes)
     python -m bench.sample_efficiency --seeds 0 1 2 3 4 --jobs 2    # the full run (resumable)
-    python -m bench.sample_efficiency --report-only                 # table + plots from whatever is cached
+    python -m bench.sample_efficiency --report-only                 # tables + plots from the finished runs
 """
 
 from __future__ import annotations
@@ -49,6 +64,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Any, Optional
@@ -61,14 +77,18 @@ if __package__ in (None, ""):  # ``python bench/sample_efficiency.py``: make ``b
 from bench.common import (
     add_common_args, config_fields, exit_code, finish_run, load_json, resume, run_jobs, save_progress, write_json,
 )
-from bench.metrics import Interval, bootstrap_ci, compare, curve_intervals, ratio_to_reference, steps_to_threshold
+from bench.metrics import (
+    Interval, bootstrap_ci, compare, curve_intervals, q_bias, ratio_to_reference, steps_to_threshold,
+    steps_ratio_ci, steps_to_threshold_ci,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "bench" / "cache"
 DEFAULT_RESULTS = REPO / "bench" / "results"
-FORMAT_VERSION = 2  # 2: both evaluation modes at every point
+FORMAT_VERSION = 3  # 2: both evaluation modes at every point; 3: sb3_expo.RLPD, Q-vs-return at every point
 MODES = ("deterministic", "stochastic")
 RETURNS_KEY = dict(deterministic="returns", stochastic="stochastic_returns")
+POINTMAZE_KEYS = ("observation", "desired_goal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +105,24 @@ class Task:
     budgets: tuple[int, ...]  # steps at which the IQM table is reported (the last one = ``steps``)
     reward_kind: str
     methods: tuple[str, ...]
+    obs_keys: Optional[tuple[str, ...]] = None  # Dict observations: flatten these keys (env and buffer alike)
+    demo_task: bool = False  # gym.make with the env's DEMO_ENV_KWARGS (the task the demos are recorded on)
+    # Training reward = env reward + reward_shift, online and offline (the AntMaze protocol of RLPD and EXPO: -1);
+    # evaluation returns are the env's own reward.
+    reward_shift: float = 0.0
+    rlpd_kwargs: tuple[tuple[str, Any], ...] = ()  # RLPD's published settings for this kind of task, if any
+    short_steps: Optional[int] = None  # budget of the SHORT_BUDGET_METHODS (None: ``steps``)
+
+    def env_kwargs(self) -> dict[str, Any]:
+        if not self.demo_task:
+            return {}
+        from sb3_expo.datasets import controllers
+
+        return dict(getattr(controllers, "DEMO_ENV_KWARGS", {}).get(self.env_id, {}))
 
 
-MAIN_METHODS = ("expo", "sac", "rlpd", "base_only", "expo_best_of_n", "expo_random_select")
+MAIN_METHODS = ("expo", "rlpd", "expo_online_data", "sac", "base_only", "expo_best_of_n", "expo_random_select",
+                "expo_online_selector")  # fmt: skip
 STABILITY_VARIANTS: dict[str, dict[str, Any]] = {
     "expo_no_warmup": dict(learning_starts=0),
     "expo_ema_fast": dict(base_ema_tau=0.005),
@@ -96,6 +131,8 @@ STABILITY_VARIANTS: dict[str, dict[str, Any]] = {
     "expo_pretrained_critic": {},  # pretrain(train_critic=True, train_edit=True)
     "expo_base_offline": {},  # OfflineBaseEXPO
 }
+SHORT_BUDGET_METHODS = ("expo_best_of_n", "expo_random_select", "expo_online_selector")  # Task.short_steps
+EXTRA_METHODS = ("expo_no_data",) + tuple(STABILITY_VARIANTS)  # any task, only when named with --methods/--runs
 TASKS: dict[str, Task] = {
     "pendulum": Task(
         env_id="Pendulum-v1",
@@ -107,29 +144,49 @@ TASKS: dict[str, Task] = {
         threshold=-300.0,
         budgets=(1000, 2000, 3000),
         reward_kind="dense",
-        methods=MAIN_METHODS + ("expo_no_data",),
+        methods=MAIN_METHODS,
     ),
     "mountaincar": Task(
         env_id="MountainCarContinuous-v0",
         dataset_id="sb3-expo-bench/mountaincar-medium-v0",
         dataset_episodes=5,
         dataset_quality="medium",
-        steps=1500,
+        steps=6000,
         eval_every=500,
         threshold=50.0,
-        budgets=(500, 1000, 1500),
+        budgets=(1000, 3000, 6000),
         reward_kind="sparse (goal)",
         methods=MAIN_METHODS,
+        short_steps=3000,
+    ),
+    "pointmaze": Task(
+        env_id="PointMaze_UMaze-v3",
+        dataset_id="sb3-expo-bench/pointmaze-umaze-expert-v0",
+        dataset_episodes=10,
+        dataset_quality="expert",
+        steps=15000,
+        eval_every=1250,
+        threshold=0.5,
+        budgets=(2500, 5000, 10000, 15000),  # the ablations: 2500
+        reward_kind="sparse (1 at the goal), long horizon",
+        methods=MAIN_METHODS,
+        obs_keys=POINTMAZE_KEYS,
+        demo_task=True,
+        reward_shift=-1.0,  # RLPD's and EXPO's AntMaze protocol, for every method
+        rlpd_kwargs=(("num_min_qs", 1), ("backup_entropy", False)),  # RLPD README, AntMaze
+        short_steps=2500,
     ),
 }
-ALL_METHODS = MAIN_METHODS + ("expo_no_data",) + tuple(STABILITY_VARIANTS)
+ALL_METHODS = MAIN_METHODS + EXTRA_METHODS
 LABELS = {
     "expo": "EXPO",
+    "expo_online_data": "EXPO online + data (no pretraining)",
+    "rlpd": "RLPD",
     "sac": "SAC (no data)",
-    "rlpd": "RLPD-style SAC",
     "base_only": "base only (imitation)",
     "expo_best_of_n": "EXPO best-of-N (edit_scale=0)",
     "expo_random_select": "EXPO random select",
+    "expo_online_selector": "EXPO online-critic selection",
     "expo_no_data": "EXPO (no data)",
     "expo_no_warmup": "EXPO, no random warm-up",
     "expo_ema_fast": "EXPO, base EMA 0.005",
@@ -138,8 +195,18 @@ LABELS = {
     "expo_pretrained_critic": "EXPO, critic + edit pretrained",
     "expo_base_offline": "EXPO, base on offline data only",
 }
-OFFLINE_METHODS = {"expo", "rlpd", "base_only", "expo_best_of_n", "expo_random_select", *STABILITY_VARIANTS}
-PRETRAINED_METHODS = {"expo", "base_only", "expo_best_of_n", "expo_random_select", *STABILITY_VARIANTS}
+EXPO_OVERRIDES: dict[str, dict[str, Any]] = {
+    "expo": {},
+    "expo_online_data": {},
+    "expo_no_data": {},
+    "expo_best_of_n": dict(edit_scale=0.0),
+    "expo_random_select": dict(selection="random"),
+    "expo_online_selector": dict(selection_critic="online"),
+    "base_only": dict(edit_scale=0.0, n_action_samples=1, n_edit_samples=0),
+    **STABILITY_VARIANTS,
+}
+OFFLINE_METHODS = set(ALL_METHODS) - {"sac", "expo_no_data"}
+PRETRAINED_METHODS = set(ALL_METHODS) - {"sac", "rlpd", "expo_online_data", "expo_no_data"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,24 +218,29 @@ class RunConfig:
     eval_episodes: int = 3
     static_eval_episodes: int = 10  # base_only: one evaluation (it does not learn)
     learning_starts: int = 300  # random-action warm-up, the same for every learning method
-    pretrain_steps: int = 2000
+    pretrain_steps: int = 5000
     preset: str = "cpu"
     max_episode_steps: Optional[int] = None  # None: the env's own TimeLimit
     threads: int = 1
 
-    def task_steps(self, task: Task) -> int:
-        return self.steps or task.steps
+    def task_steps(self, task: Task, method: Optional[str] = None) -> int:
+        """The env-step budget: ``--steps``, else the task's (the ablations' shorter one where the task has one)."""
+        if self.steps:
+            return self.steps
+        return task.short_steps if (task.short_steps and method in SHORT_BUDGET_METHODS) else task.steps
 
     def task_eval_every(self, task: Task) -> int:
         return self.eval_every or task.eval_every
 
-    def key(self, task: Task) -> dict[str, Any]:
+    def key(self, task: Task, method: Optional[str] = None) -> dict[str, Any]:
         """What must match for a cached run to be reused."""
         return dict(
             version=FORMAT_VERSION,
             env_id=task.env_id,
             dataset_id=task.dataset_id,
-            steps=self.task_steps(task),
+            steps=self.task_steps(task, method),
+            reward_shift=task.reward_shift,
+            rlpd_kwargs=[list(kv) for kv in task.rlpd_kwargs] if method == "rlpd" else None,
             eval_every=self.task_eval_every(task),
             eval_episodes=self.eval_episodes,
             static_eval_episodes=self.static_eval_episodes,
@@ -186,6 +258,20 @@ TINY = dict(steps=60, eval_every=30, eval_episodes=1, static_eval_episodes=1, le
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
+def _register_robotics_envs(env_id: str) -> None:
+    """gymnasium-robotics' envs (PointMaze) are registered by importing it; its import prints a notice: hidden."""
+    import contextlib
+    import io
+
+    import gymnasium as gym
+
+    if env_id in gym.registry:
+        return
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        import gymnasium_robotics
+    gym.register_envs(gymnasium_robotics)
+
+
 def ensure_datasets(task_names: list[str], cache_dir: pathlib.Path) -> None:
     """Write each task's Minari dataset under ``<cache>/minari`` with the project's dataset command (idempotent)."""
     os.environ["MINARI_DATASETS_PATH"] = str(cache_dir / "minari")
@@ -193,9 +279,9 @@ def ensure_datasets(task_names: list[str], cache_dir: pathlib.Path) -> None:
 
     for name in task_names:
         task = TASKS[name]
-        ds = make_minari_dataset(
-            task.env_id, task.dataset_id, n_episodes=task.dataset_episodes, seed=0, quality=task.dataset_quality
-        )
+        _register_robotics_envs(task.env_id)
+        ds = make_minari_dataset(task.env_id, task.dataset_id, n_episodes=task.dataset_episodes, seed=0,
+                                 quality=task.dataset_quality, env_kwargs=task.env_kwargs() or None)  # fmt: skip
         rets = episode_returns(ds)
         print(f"dataset {task.dataset_id}: {ds.total_episodes} episodes, {ds.total_steps} steps, "
               f"return {rets.mean():.1f} (min {rets.min():.1f}, max {rets.max():.1f})", flush=True)  # fmt: skip
@@ -214,58 +300,70 @@ def dataset_summary(task: Task, cache_dir: pathlib.Path) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def make_env(task: Task, cfg: RunConfig):
+def make_env(task: Task, cfg: RunConfig, training: bool = False):
+    """The task's env as the dataset was recorded (demo-task kwargs), Dict observations flattened like the buffer's;
+    the training env's reward shifted by ``task.reward_shift`` (as the buffer shifts the offline rewards)."""
     import gymnasium as gym
 
-    kwargs = {} if cfg.max_episode_steps is None else dict(max_episode_steps=cfg.max_episode_steps)
-    return gym.make(task.env_id, **kwargs)
+    from sb3_expo.wrappers import FlattenDictObservation, ShiftScaleReward
+
+    _register_robotics_envs(task.env_id)
+    kwargs = task.env_kwargs()
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    env = gym.make(task.env_id, **kwargs)
+    if training and task.reward_shift:
+        env = ShiftScaleReward(env, shift=task.reward_shift)
+    return FlattenDictObservation(env, keys=list(task.obs_keys)) if task.obs_keys else env
 
 
 def build_model(method: str, task: Task, cfg: RunConfig, env: Any, seed: int) -> Any:
     """The model of one method (see the module docstring)."""
     from stable_baselines3 import SAC
 
-    from sb3_expo import EXPO
+    from sb3_expo import EXPO, RLPD
     from sb3_expo.presets import get_preset
     from sb3_expo.wrappers import MinariReplayBuffer
 
-    steps = cfg.task_steps(task)
-    offline = dict(
-        replay_buffer_class=MinariReplayBuffer,
-        replay_buffer_kwargs=dict(dataset_id=task.dataset_id, offline_fraction=0.5),
-    )
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {ALL_METHODS}")
+    steps = cfg.task_steps(task, method)
+    buffer_kwargs: dict[str, Any] = dict(dataset_id=task.dataset_id, offline_fraction=0.5)
+    if task.reward_shift:
+        buffer_kwargs["reward_shift"] = task.reward_shift
+    if task.obs_keys:
+        buffer_kwargs["obs_keys"] = list(task.obs_keys)
+    offline = dict(replay_buffer_class=MinariReplayBuffer, replay_buffer_kwargs=buffer_kwargs)
     common = dict(learning_starts=cfg.learning_starts, buffer_size=max(steps, 1000), seed=seed, device="cpu", verbose=0)
     preset = get_preset(cfg.preset)
     if method == "sac":
         return SAC("MlpPolicy", env, **common)
-    if method == "rlpd":
-        critic = preset["policy_kwargs"]["critic_net_arch"]
-        return SAC(
+    if method == "rlpd":  # EXPO's UTD, batch, critic (10 LayerNorm members, same width), learning rate and buffer
+        return RLPD(
             "MlpPolicy",
             env,
             batch_size=preset["batch_size"],
             gradient_steps=preset["gradient_steps"],
             learning_rate=preset.get("learning_rate", 3e-4),
-            policy_kwargs=dict(n_critics=preset["policy_kwargs"]["n_critics"], net_arch=dict(pi=[256, 256], qf=critic)),
+            **dict(task.rlpd_kwargs),
+            policy_kwargs=dict(n_critics=preset["policy_kwargs"]["n_critics"],
+                               net_arch=dict(pi=[256, 256], qf=preset["policy_kwargs"]["critic_net_arch"])),  # fmt: skip
             **offline,
             **common,
         )
-    overrides: dict[str, Any] = {}
-    if method == "expo_best_of_n":
-        overrides = dict(edit_scale=0.0)
-    elif method == "expo_random_select":
-        overrides = dict(selection="random")
-    elif method == "base_only":
-        overrides = dict(edit_scale=0.0, n_action_samples=1, n_edit_samples=0)
-    elif method in STABILITY_VARIANTS:
-        overrides = dict(STABILITY_VARIANTS[method])
-    elif method not in ("expo", "expo_no_data"):
-        raise ValueError(f"unknown method {method!r}; known: {ALL_METHODS}")
-    kwargs = get_preset(cfg.preset, **{**common, **overrides})
-    if method != "expo_no_data":
+    kwargs = get_preset(cfg.preset, **{**common, **EXPO_OVERRIDES[method]})
+    if method in OFFLINE_METHODS:
         kwargs.update(offline)
     cls = offline_base_expo() if method == "expo_base_offline" else EXPO
     return cls("MlpPolicy", env, **kwargs)
+
+
+def model_class(method: str) -> type:
+    from stable_baselines3 import SAC
+
+    from sb3_expo import EXPO, RLPD
+
+    return dict(sac=SAC, rlpd=RLPD).get(method) or (offline_base_expo() if method == "expo_base_offline" else EXPO)
 
 
 def offline_base_expo() -> type:
@@ -298,19 +396,28 @@ def describe_model(model: Any) -> dict[str, Any]:
         batch_size=model.batch_size,
         learning_starts=model.learning_starts,
         learning_rate=float(model.learning_rate) if not callable(model.learning_rate) else "schedule",
+        gamma=float(model.gamma),
         replay_buffer=type(model.replay_buffer).__name__,
         policy_kwargs={k: repr(v) for k, v in model.policy_kwargs.items()},
     )
     for name in ("otf_config", "diffusion_config"):
         if hasattr(model, name):
             info[name] = dataclasses.asdict(getattr(model, name))
+    for name in ("num_min_qs", "backup_entropy", "target_entropy"):
+        if hasattr(model, name) and not hasattr(model, "otf_config"):
+            info[name] = repr(getattr(model, name))
     return info
 
 
-def evaluate(model: Any, env: Any, episodes: int, seed: int, deterministic: bool = True) -> list[float]:
+def evaluate(model: Any, env: Any, episodes: int, seed: int, deterministic: bool = True,
+             trace: Optional[list[dict[str, Any]]] = None) -> list[float]:  # fmt: skip
     """Undiscounted returns of ``episodes`` episodes; episode ``i`` resets with seed ``seed + i`` (the same eval
     seeds for every method, mode and evaluation point of one run seed). Stochastic episodes draw from a torch random
-    stream seeded with ``seed`` inside :func:`torch.random.fork_rng`: repeatable, and training's stream is untouched."""
+    stream seeded with ``seed`` inside :func:`torch.random.fork_rng`: repeatable, and training's stream is untouched.
+
+    :param trace: if given, one dict per episode is appended: ``obs``, ``actions`` (as the env took them),
+        ``rewards`` and ``terminated`` (the episode ended by a termination, not a time limit)
+    """
     import torch as th
 
     returns = []
@@ -318,23 +425,101 @@ def evaluate(model: Any, env: Any, episodes: int, seed: int, deterministic: bool
         th.manual_seed(seed)
         for i in range(episodes):
             obs, _ = env.reset(seed=seed + i)
-            done, total = False, 0.0
+            done, total, terminated = False, 0.0, False
+            steps: dict[str, list] = dict(obs=[], actions=[], rewards=[])
             while not done:
                 action, _ = model.predict(obs, deterministic=deterministic)
+                if trace is not None:
+                    steps["obs"].append(obs)
+                    steps["actions"].append(action)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
+                steps["rewards"].append(float(reward))
                 done = terminated or truncated
             returns.append(total)
+            if trace is not None:
+                trace.append(dict(steps, terminated=bool(terminated)))
     return returns
 
 
-def record_evaluation(record: dict[str, Any], model: Any, env: Any, episodes: int, seed: int) -> None:
-    """Evaluate in both modes and append the step, the mean returns and the episode returns of each mode."""
+def critic_estimates(model: Any, obs: np.ndarray, actions: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The critics' estimates of ``Q(s, a)`` for a batch of (observation, action as the env took it).
+
+    ``min_pair``: min over a random pair of TARGET critics, a fresh pair per row (the value EXPO's and RLPD's TD
+    targets use; SB3 SAC: the min over its 2 target critics, its own target rule). ``mean_all``: mean over all target
+    critics. ``bonus`` (soft critics: RLPD with ``backup_entropy``, SAC): the entropy bonus ``-alpha log pi(a|s)`` of
+    each row, which their TD target adds to the return.
+    """
+    import torch as th
+    from stable_baselines3 import SAC
+
+    from sb3_expo import EXPO, RLPD
+
+    policy = model.policy
+    out: dict[str, np.ndarray] = {}
+    with th.no_grad():
+        obs_t, _ = policy.obs_to_tensor(obs)
+        act = th.as_tensor(policy.scale_action(np.asarray(actions)), dtype=th.float32, device=policy.device)
+        if isinstance(model, EXPO):
+            critic = policy.q_ensemble_target
+            qs = critic(critic.features_extractor(policy.preprocess(obs_t)), act)
+        elif isinstance(model, RLPD):
+            qs = policy.q_values(policy.critic_target, obs_t, act)
+        elif isinstance(model, SAC):
+            qs = th.cat(policy.critic_target(obs_t, act), dim=1).T
+        else:
+            raise TypeError(f"no critic estimate for {type(model).__name__}")
+        if isinstance(model, SAC) and (not isinstance(model, RLPD) or model.backup_entropy):
+            mean, log_std, kwargs = policy.actor.get_action_dist_params(obs_t)
+            log_prob = policy.actor.action_dist.proba_distribution(mean, log_std, **kwargs).log_prob(act)
+            alpha = model.alpha() if isinstance(model, RLPD) else th.exp(model.log_ent_coef.detach()) \
+                if model.log_ent_coef is not None else model.ent_coef_tensor  # fmt: skip
+            out["bonus"] = (-alpha * log_prob).cpu().numpy().ravel()
+    q = qs.cpu().numpy().astype(np.float64)  # (E, B)
+    rng = np.random.default_rng(seed)
+    pairs = np.argsort(rng.random((q.shape[1], q.shape[0])), axis=1)[:, :2] if q.shape[0] > 2 else None
+    out["min_pair"] = q.min(axis=0) if pairs is None else np.minimum(q[pairs[:, 0], np.arange(q.shape[1])],
+                                                                        q[pairs[:, 1], np.arange(q.shape[1])])  # fmt: skip
+    out["mean_all"] = q.mean(axis=0)
+    return out
+
+
+def q_vs_return(model: Any, episodes: list[dict[str, Any]], seed: int = 0, reward_shift: float = 0.0) -> dict[str, Any]:
+    """Q overestimation along evaluation episodes: the critics' estimate of the actions taken minus the discounted
+    Monte Carlo return from that step (gamma of the model; soft critics against the soft return), averaged over the
+    steps :func:`bench.metrics.q_bias` counts (all of a terminated episode, the first half of a truncated one).
+    ``reward_shift``: the training reward's shift (the critics estimate the shifted return; episodes hold env rewards)."""
+    parts: dict[str, list[np.ndarray]] = dict(bias_min_pair=[], bias_mean_all=[], q_min_pair=[], mc_return=[])
+    soft = False
+    for i, ep in enumerate(episodes):
+        obs = ep["obs"]
+        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]} if isinstance(obs[0], dict) else np.stack(obs)
+        q = critic_estimates(model, batch, np.stack(ep["actions"]), seed=seed + i)
+        soft = "bonus" in q
+        for name in ("min_pair", "mean_all"):
+            rewards = np.asarray(ep["rewards"]) + reward_shift
+            bias, g = q_bias(q[name], rewards, model.gamma, ep["terminated"], q.get("bonus"))
+            parts[f"bias_{name}"].append(bias)
+        parts["q_min_pair"].append(q["min_pair"][: len(bias)])
+        parts["mc_return"].append(g)
+    out: dict[str, Any] = {k: float(np.mean(np.concatenate(v))) for k, v in parts.items()}
+    out.update(n_steps=int(sum(len(b) for b in parts["bias_min_pair"])), soft_return=soft)
+    return out
+
+
+def record_evaluation(record: dict[str, Any], model: Any, env: Any, episodes: int, seed: int,
+                      reward_shift: float = 0.0) -> None:  # fmt: skip
+    """Evaluate in both modes and append the step, the mean returns and the episode returns of each mode; for a model
+    with critics, the Q-vs-return measurement of the stochastic episodes (``record["q_vs_return"]``)."""
     record["steps"].append(int(model.num_timesteps))
+    with_critic = not record.get("static")
     for mode in MODES:
-        rets = evaluate(model, env, episodes, seed, deterministic=mode == "deterministic")
+        trace: Optional[list] = [] if (mode == "stochastic" and with_critic) else None
+        rets = evaluate(model, env, episodes, seed, deterministic=mode == "deterministic", trace=trace)
         record.setdefault(RETURNS_KEY[mode], []).append(float(np.mean(rets)))
         record.setdefault(f"episode_{RETURNS_KEY[mode]}", []).append(rets)
+        if trace:
+            record.setdefault("q_vs_return", []).append(q_vs_return(model, trace, seed, reward_shift))
 
 
 # ---------------------------------------------------------------------------------------------------- one run
@@ -347,34 +532,45 @@ def final_model_path(run_json: pathlib.Path) -> pathlib.Path:
     return run_json.with_suffix(".final.zip")
 
 
-def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: str) -> dict[str, Any]:
-    """Train and evaluate one (task, method, seed); resume from its checkpoint, or return the cached result."""
+def publish(record: dict[str, Any], runs_dir: Optional[pathlib.Path]) -> None:
+    """Copy a finished run's JSON to ``<runs_dir>/<task>/<method>/seed<k>.json`` (the committed copy)."""
+    if runs_dir is not None and record.get("complete"):
+        write_json(runs_dir / record["task"] / record["method"] / f"seed{record['seed']}.json", record)
+
+
+def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: str,
+            runs_dir: Optional[str] = None) -> dict[str, Any]:  # fmt: skip
+    """Train and evaluate one (task, method, seed); resume from its checkpoint, or return the finished result (from
+    the cache or from ``runs_dir``, the committed runs). A finished run is copied to ``runs_dir``."""
     import torch as th
-    from stable_baselines3 import SAC
 
     from sb3_expo import EXPO
 
     th.set_num_threads(cfg.threads)
     cache = pathlib.Path(cache_dir)
+    published = pathlib.Path(runs_dir) if runs_dir else None
     os.environ["MINARI_DATASETS_PATH"] = str(cache / "minari")
     task = TASKS[task_name]
-    key = cfg.key(task)
+    key = cfg.key(task, method)
     path = run_path(cache, task_name, method, seed)
     tag = f"[{task_name}/{method}/seed{seed}]"
+    for candidate in ([path] + ([published / task_name / method / f"seed{seed}.json"] if published else [])):
+        done = load_json(candidate)
+        if done is not None and done.get("key") == key and done.get("complete"):
+            print(f"{tag} finished already ({candidate.parent.parent.parent.name}/)", flush=True)
+            publish(done, published)
+            return done
     old = load_json(path)
-    if old is not None and old.get("key") == key and old.get("complete"):
-        print(f"{tag} cached", flush=True)
-        return old
 
-    steps, eval_every = cfg.task_steps(task), cfg.task_eval_every(task)
-    env, eval_env = make_env(task, cfg), make_env(task, cfg)
+    steps, eval_every = cfg.task_steps(task, method), cfg.task_eval_every(task)
+    env, eval_env = make_env(task, cfg, training=True), make_env(task, cfg)
     eval_seed = 10_000 + 100 * seed
-    cls = SAC if method in ("sac", "rlpd") else (offline_base_expo() if method == "expo_base_offline" else EXPO)
+    cls = model_class(method)
     record: dict[str, Any]
     start = time.time()
     model = resume(cls, old, key, path, env, seed, tag)
     if model is not None:
-        record = old
+        record = old  # type: ignore[assignment]
         prior_time = float(record.get("train_seconds", 0.0))
     else:
         model = build_model(method, task, cfg, env, seed)
@@ -391,10 +587,13 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
             record.update(steps=[], returns=[], episode_returns=[], static=True, complete=True, train_seconds=0.0)
             record_evaluation(record, model, eval_env, cfg.static_eval_episodes, eval_seed)
             write_json(path, record)
+            publish(record, published)
             print(f"{tag} base only: return {record['returns'][0]:.1f} (stochastic {record['stochastic_returns'][0]:.1f})"
                   f" over {cfg.static_eval_episodes} episodes", flush=True)  # fmt: skip
             return record
-        record_evaluation(record, model, eval_env, cfg.eval_episodes, eval_seed)
+        t0 = time.time()
+        record_evaluation(record, model, eval_env, cfg.eval_episodes, eval_seed, task.reward_shift)
+        record["eval_seconds"] = time.time() - t0
         write_json(path, record)
 
     train_time = 0.0
@@ -403,32 +602,45 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
         t0 = time.time()
         model.learn(chunk, reset_num_timesteps=model.num_timesteps == 0, progress_bar=False)
         train_time += time.time() - t0
-        record_evaluation(record, model, eval_env, cfg.eval_episodes, eval_seed)
+        t0 = time.time()
+        record_evaluation(record, model, eval_env, cfg.eval_episodes, eval_seed, task.reward_shift)
+        record["eval_seconds"] = record.get("eval_seconds", 0.0) + time.time() - t0
         record["train_seconds"] = prior_time + train_time
         save_progress(model, record, path, steps)
+        q = record["q_vs_return"][-1]
         print(f"{tag} step {model.num_timesteps}: return {record['returns'][-1]:.1f} (stochastic "
-              f"{record['stochastic_returns'][-1]:.1f}) ({(time.time() - start):.0f} s wall)", flush=True)  # fmt: skip
-    if cls is EXPO:  # the trained model, for bench/deterministic_modes.py
+              f"{record['stochastic_returns'][-1]:.1f}; Q - G {q['bias_min_pair']:+.1f} min pair, "
+              f"{q['bias_mean_all']:+.1f} mean) ({(time.time() - start):.0f} s wall)", flush=True)  # fmt: skip
+    if isinstance(model, EXPO):  # the trained model, for bench/deterministic_modes.py
         model.save(final_model_path(path))
     finish_run(record, path, steps)
+    publish(record, published)
     return record
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def collect(cache_dir: pathlib.Path, cfg: RunConfig, task_names: list[str]) -> dict[str, dict[str, list[dict]]]:
-    """Cached runs whose key matches ``cfg`` (complete or not), by task and method."""
+def collect(cache_dir: pathlib.Path, cfg: RunConfig, task_names: list[str],
+            runs_dir: Optional[pathlib.Path] = None) -> dict[str, dict[str, list[dict]]]:  # fmt: skip
+    """Runs whose key matches ``cfg``, by task and method: the finished ones of ``runs_dir`` (committed), and the
+    cache's (complete or not; a cached run replaces a committed one only if it is complete or there is none)."""
     out: dict[str, dict[str, list[dict]]] = {}
     for name in task_names:
         task = TASKS[name]
         out[name] = {}
-        for method in task.methods + tuple(STABILITY_VARIANTS):
-            runs = []
-            for p in sorted((cache_dir / "runs" / name / method).glob("seed*.json")):
-                r = load_json(p)
-                if r is not None and r.get("key") == cfg.key(task) and r.get("steps"):
-                    runs.append(r)
-            if runs:
-                out[name][method] = runs
+        for method in ALL_METHODS:
+            by_seed: dict[int, dict] = {}
+            for root, finished_only in ((runs_dir, True), (cache_dir / "runs", False)):
+                if root is None:
+                    continue
+                for p in sorted((root / name / method).glob("seed*.json")):
+                    r = load_json(p)
+                    if r is None or r.get("key") != cfg.key(task, method) or not r.get("steps"):
+                        continue
+                    if (finished_only and not r.get("complete")) or (r["seed"] in by_seed and not r.get("complete")):
+                        continue
+                    by_seed[r["seed"]] = r
+            if by_seed:
+                out[name][method] = [by_seed[k] for k in sorted(by_seed)]
     return out
 
 
@@ -454,11 +666,12 @@ def _fmt_steps(x: Optional[float]) -> str:
     return "not reached" if x is None else f"{int(x)}"
 
 
-def _fmt_ratio(r: Optional[float]) -> str:
+def _fmt_ratio(r: Optional[float], who: str = "EXPO") -> str:
+    """RLPD's steps over ``who``'s: None when ``who`` never reaches the threshold, inf when only RLPD does not."""
     if r is None:
-        return "n/a (EXPO did not reach it)"
+        return f"n/a ({who} did not reach it)"
     if math.isinf(r):
-        return "inf (not reached)"
+        return "inf (RLPD did not reach it)"
     return f"{r:.2f}"
 
 
@@ -477,9 +690,18 @@ def in_mode(runs: dict[str, list[dict]], mode: str) -> dict[str, list[dict]]:
     return {m: [dict(r, returns=r[key]) for r in rs if key in r] for m, rs in runs.items() if any(key in r for r in rs)}
 
 
+def complete_matrix(runs: list[dict]) -> tuple[Optional[list[int]], list[list[float]]]:
+    """The evaluation grid and the curves of the complete runs that share it (for the bootstrap of steps to threshold)."""
+    done = [r for r in runs if r.get("complete") and not r.get("static")]
+    if not done:
+        return None, []
+    grid = max(done, key=lambda r: len(r["steps"]))["steps"]
+    return grid, [r["returns"] for r in done if r["steps"] == grid]
+
+
 def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: str = "deterministic") -> dict[str, Any]:
-    """Per-method IQM intervals at the budgets, steps to threshold, stability and the EXPO verdicts of one task, in
-    one evaluation mode."""
+    """Per-method IQM intervals at the budgets, steps to threshold (with bootstrap intervals over the complete runs),
+    the ratio to RLPD's, stability and the EXPO verdicts of one task, in one evaluation mode."""
     runs = in_mode(runs, mode)
     task = TASKS[task_name]
     steps = cfg.task_steps(task)
@@ -498,12 +720,15 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
             m["threshold_steps_iqm"] = 0.0 if value.point >= task.threshold else None
             share = float(np.mean([r["returns"][0] >= task.threshold for r in rs]))
             m["share_above"] = (np.array([0.0, float(steps)]), [share, share])
+            m["threshold_steps_ci"] = None
         else:
             grid, curve = curve_intervals([(r["steps"], r["returns"]) for r in rs])
             m["curve"] = (grid, curve)
             m["threshold_steps_iqm"] = steps_to_threshold(grid, [c.point for c in curve], task.threshold)
             m["share_above"] = (grid, [float(np.mean([v >= task.threshold for v in (_value_at(r, int(g)) for r in rs)
                                                        if v is not None])) for g in grid])  # fmt: skip
+            full_grid, rows = complete_matrix(rs)
+            m["threshold_steps_ci"] = steps_to_threshold_ci(full_grid, rows, task.threshold) if rows else None
         per_seed = [
             (0.0 if r["returns"][0] >= task.threshold else None) if r.get("static")
             else steps_to_threshold(r["steps"], r["returns"], task.threshold)
@@ -524,10 +749,12 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
             if any("seconds_per_step" in r for r in rs) else None
         )  # fmt: skip
         res["methods"][method] = m
-    expo = res["methods"].get("expo")
+    expo, rlpd = res["methods"].get("expo"), res["methods"].get("rlpd")
     for method, m in res["methods"].items():
-        ref = expo["threshold_steps_iqm"] if expo else None
-        m["ratio_to_expo"] = ratio_to_reference(m["threshold_steps_iqm"], ref) if expo else None
+        m["ratio_to_expo"] = ratio_to_reference(m["threshold_steps_iqm"], expo["threshold_steps_iqm"]) if expo else None
+        # RLPD's steps / this method's: above 1 = fewer env steps than RLPD (None: this method never gets there)
+        m["rlpd_steps_over_these"] = (ratio_to_reference(rlpd["threshold_steps_iqm"], m["threshold_steps_iqm"])
+                                      if rlpd else None)  # fmt: skip
         if expo and method != "expo":
             m["expo_vs"] = {}
             for b in budgets:
@@ -535,11 +762,38 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
                 if ref is not None and other is not None:
                     enough = min(ref.n, other.n) >= MIN_SEEDS_FOR_VERDICT
                     m["expo_vs"][b] = compare(ref, other) if enough else "too_few"
+    res["ratio_to_rlpd"] = expo["rlpd_steps_over_these"] if (expo and rlpd) else None
+    res["ratio_to_rlpd_ci"] = None
+    res["paper_target"] = None
+    if expo and rlpd:
+        (grid_e, rows_e), (grid_r, rows_r) = complete_matrix(runs["expo"]), complete_matrix(runs["rlpd"])
+        if rows_e and rows_r and grid_e == grid_r:
+            res["ratio_to_rlpd_ci"] = steps_ratio_ci(grid_e, rows_e, rows_r, task.threshold)
+            ci_e, ci_r = expo["threshold_steps_ci"], rlpd["threshold_steps_ci"]
+            disjoint = ci_e.high < ci_r.low
+            ratio = res["ratio_to_rlpd_ci"].point
+            res["paper_target"] = dict(ratio_at_least_2=bool(ratio >= 2.0), intervals_disjoint=bool(disjoint),
+                                       met=bool(ratio >= 2.0 and disjoint),
+                                       seeds=min(ci_e.n, ci_r.n))  # fmt: skip
     sac, no_data = res["methods"].get("sac"), res["methods"].get("expo_no_data")
     if sac and no_data and sac["at"].get(steps) and no_data["at"].get(steps):
         a, b = no_data["at"][steps], sac["at"][steps]
         res["no_data_vs_sac"] = compare(a, b) if min(a.n, b.n) >= MIN_SEEDS_FOR_VERDICT else "too_few"
     return res
+
+
+def _fmt_interval_steps(iv: Optional[Interval]) -> str:
+    if iv is None:
+        return "-"
+    f = lambda x: "never" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
+    return f"{f(iv.point)} [{f(iv.low)}, {f(iv.high)}] (n={iv.n})"
+
+
+def _fmt_ratio_interval(iv: Optional[Interval]) -> str:
+    if iv is None:
+        return "-"
+    f = lambda x: "inf" if math.isinf(x) else f"{x:.2f}"  # noqa: E731
+    return f"{f(iv.point)} [{f(iv.low)}, {f(iv.high)}]"
 
 
 def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) -> str:
@@ -551,15 +805,29 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
             f"### {res['task']}: {task.env_id} ({task.reward_kind} reward), {res['mode']} evaluation",
             "",
             f"Dataset `{task.dataset_id}`: {ds.get('episodes', '?')} episodes, {ds.get('transitions', '?')} transitions, "
-            f"mean return {ds.get('mean_return', float('nan')):.1f}. Budget {res['steps']} env steps, evaluation every "
+            f"mean return {ds.get('mean_return', float('nan')):.2f}. Budget {res['steps']} env steps, evaluation every "
             f"{cfg.task_eval_every(task)} steps ({cfg.eval_episodes} {res['mode']} episodes), "
             f"threshold {task.threshold:g}.",
             "",
+        ]
+        target = res.get("paper_target")
+        ratio = _fmt_ratio_interval(res.get("ratio_to_rlpd_ci"))
+        if target is not None:
+            lines += [f"**EXPO vs RLPD, steps to {task.threshold:g}:** RLPD's / EXPO's = {ratio} (95% bootstrap "
+                      f"interval, {target['seeds']}+ complete seeds each). Paper's claim (ratio >= 2 with disjoint "
+                      f"steps intervals): **{'met' if target['met'] else 'not met'}** (ratio >= 2: "
+                      f"{'yes' if target['ratio_at_least_2'] else 'no'}; intervals disjoint: "
+                      f"{'yes' if target['intervals_disjoint'] else 'no'}).", ""]  # fmt: skip
+        else:
+            lines += [f"**EXPO vs RLPD, steps to {task.threshold:g}:** ratio "
+                      f"{_fmt_ratio(res.get('ratio_to_rlpd'))} (IQM curves; no interval: too few complete runs).", ""]
+        lines += [
             "IQM of the evaluation return over seeds [bootstrap 95% interval] (n = seeds with that evaluation):",
             "",
             "| method | " + " | ".join(f"{b} steps" for b in res["budgets"])
-            + f" | steps to {task.threshold:g} (IQM curve) | ratio to EXPO | seeds reaching it | worst eval after "
-            "reaching it (IQM over those seeds) | EXPO vs it at " + " / ".join(str(b) for b in res["budgets"]) + " |",
+            + f" | steps to {task.threshold:g}: IQM curve [95% CI] | RLPD's steps / these | seeds reaching it | "
+            "worst eval after reaching it (IQM over those seeds) | EXPO vs it at "
+            + " / ".join(str(b) for b in res["budgets"]) + " |",
             "|---|" + "---|" * len(res["budgets"]) + "---|---|---|---|---|",
         ]
         order = [m for m in ALL_METHODS if m in res["methods"]]
@@ -574,9 +842,11 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
             reach = f"{m['threshold_reached']}/{m['threshold_of']}"
             worst = m.get("worst_after_reaching")
             worst_cell = "-" if worst is None else f"{worst.fmt()} (n={worst.n})"
+            steps_cell = _fmt_interval_steps(m.get("threshold_steps_ci")) if m.get("threshold_steps_ci") else \
+                _fmt_steps(m["threshold_steps_iqm"])  # fmt: skip
             lines.append(
                 f"| {LABELS[method]} | " + " | ".join(cells)
-                + f" | {_fmt_steps(m['threshold_steps_iqm'])} | {_fmt_ratio(m['ratio_to_expo'])} | {reach} | "
+                + f" | {steps_cell} | {_fmt_ratio(m.get('rlpd_steps_over_these'), 'this method')} | {reach} | "
                 f"{worst_cell} | {verdict} |"
             )
         if "no_data_vs_sac" in res:
@@ -584,11 +854,18 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
                       + VERDICTS[res["no_data_vs_sac"]].replace("EXPO", "EXPO (no data)") + "."]
         lines += ["", "EXPO vs it: `higher` / `lower` = EXPO's interval lies above / below the method's (disjoint 95% "
                   f"intervals), `tie` = they overlap, `n<{MIN_SEEDS_FOR_VERDICT}` = too few seeds for a call. "
-                  "Seeds reaching it: seeds whose own evaluation curve reaches the threshold at least once "
-                  "(complete runs only). Worst eval after reaching it: per seed, the lowest evaluation at or after "
-                  "the first that reaches the threshold (stability: how far a run falls back)."]
+                  "Steps to the threshold: first evaluation at which the IQM curve over seeds reaches it; the interval "
+                  "bootstraps the seeds of the complete runs (`never`: the resampled IQM curve does not get there "
+                  "within the budget). RLPD's steps / these: above 1 = fewer env steps than RLPD. Seeds reaching it: "
+                  "seeds whose own evaluation curve reaches the threshold at least once (complete runs only). Worst "
+                  "eval after reaching it: per seed, the lowest evaluation at or after the first that reaches the "
+                  "threshold (stability: how far a run falls back)."]  # fmt: skip
         lines += ["", f"![{res['task']} {res['mode']}](sample_efficiency_{res['task']}_{res['mode']}.png)", ""]
     return "\n".join(lines)
+
+
+COLORS = dict(expo="C0", sac="C1", rlpd="C2", base_only="C7", expo_best_of_n="C4", expo_random_select="C5",
+              expo_no_data="C3", expo_online_data="C9", expo_online_selector="C6")  # fmt: skip
 
 
 def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) -> None:
@@ -600,8 +877,6 @@ def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) ->
 
     task = TASKS[res["task"]]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw=dict(width_ratios=[3, 2]))
-    colors = dict(expo="C0", sac="C1", rlpd="C2", base_only="C7", expo_best_of_n="C4", expo_random_select="C5",
-                  expo_no_data="C3")  # fmt: skip
     for method in [m for m in ALL_METHODS if m in res["methods"] and m in task.methods]:  # variants: table only
         m = res["methods"][method]
         grid, curve = m["curve"]
@@ -610,10 +885,10 @@ def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) ->
         n = max(c.n for c in curve)
         style = "--" if method == "base_only" else "-"
         marker = None if method == "base_only" else "."
-        ax.plot(grid, pts, style, color=colors[method], label=f"{LABELS[method]} (n={n})", marker=marker)
-        ax.fill_between(grid, lo, hi, color=colors[method], alpha=0.12)
+        ax.plot(grid, pts, style, color=COLORS[method], label=f"{LABELS[method]} (n={n})", marker=marker)
+        ax.fill_between(grid, lo, hi, color=COLORS[method], alpha=0.12)
         sgrid, share = m["share_above"]
-        ax2.plot(sgrid, share, style, color=colors[method], marker=marker)
+        ax2.plot(sgrid, share, style, color=COLORS[method], marker=marker)
     for a in (ax, ax2):
         if learning_starts:
             a.axvline(learning_starts, color="0.5", lw=0.8, ls="-.")
@@ -636,7 +911,7 @@ def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) ->
 def _jsonable(res: dict) -> dict:
     def conv(x: Any) -> Any:
         if isinstance(x, Interval):
-            return dataclasses.asdict(x)
+            return conv(dataclasses.asdict(x))
         if isinstance(x, dict):
             return {str(k): conv(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
@@ -650,14 +925,93 @@ def _jsonable(res: dict) -> dict:
     return conv(res)
 
 
+Q_AGGREGATES = (("bias_min_pair", "min over a random pair of target critics (the TD target's value)"),
+                ("bias_mean_all", "mean over all target critics"))  # fmt: skip
+
+
+def analyse_q(task_name: str, runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """Q overestimation of one task: per method and evaluation step, the IQM over seeds [95% bootstrap interval] of
+    the mean (Q - G) along the stochastic evaluation episodes, for both aggregates of the critics; and the mean G."""
+    out: dict[str, Any] = dict(task=task_name, methods={})
+    for method, rs in runs.items():
+        rs = [r for r in rs if r.get("q_vs_return")]
+        if not rs:
+            continue
+        by_step: dict[int, list[dict]] = {}
+        for r in rs:
+            for step, q in zip(r["steps"], r["q_vs_return"]):
+                by_step.setdefault(int(step), []).append(q)
+        m: dict[str, Any] = dict(steps=sorted(by_step), soft_return=bool(rs[0]["q_vs_return"][0].get("soft_return")))
+        for name, _ in Q_AGGREGATES + (("mc_return", ""),):
+            m[name] = [bootstrap_ci([q[name] for q in by_step[k]]) for k in m["steps"]]
+        out["methods"][method] = m
+    return out
+
+
+def q_markdown(qres: dict, budgets: list[int]) -> list[str]:
+    """The Q-overestimation table of one task at the budgets."""
+    task = qres["task"]
+    lines = [f"### {task}: Q overestimation along the stochastic evaluation episodes", "",
+             "Mean of (Q - G) over the steps of the evaluation episodes (all steps of an episode that terminates, the "
+             "first half of one cut by the time limit), IQM over seeds [95% bootstrap interval]; G = discounted Monte "
+             "Carlo return from that step with the model's gamma (for SAC and RLPD, whose TD target backs up the "
+             "entropy bonus, the soft return). Positive = the critic over-estimates the actions the policy takes. "
+             "Mean G gives the scale.", "",
+             "| method | aggregate | " + " | ".join(f"{b} steps" for b in budgets) + " | mean G at the last |",
+             "|---|---|" + "---|" * len(budgets) + "---|"]  # fmt: skip
+    for method in [m for m in ALL_METHODS if m in qres["methods"]]:
+        m = qres["methods"][method]
+        for name, label in Q_AGGREGATES:
+            cells = []
+            for b in budgets:
+                iv = m[name][m["steps"].index(b)] if b in m["steps"] else None
+                cells.append("-" if iv is None else f"{iv.fmt(2)} (n={iv.n})")
+            g = m["mc_return"][-1]
+            lines.append(f"| {LABELS[method]} | {label.split(' (')[0]} | " + " | ".join(cells) + f" | {g.point:.2f} |")
+    lines += ["", f"![{task} Q overestimation](q_overestimation_{task}.png)", ""]
+    return lines
+
+
+def plot_q(qres: dict, out: pathlib.Path) -> None:
+    """Mean (Q - G) per evaluation point, IQM over seeds with its 95% band: one panel per critic aggregate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = TASKS[qres["task"]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, (name, label) in zip(axes, Q_AGGREGATES):
+        for method in [m for m in ALL_METHODS if m in qres["methods"]]:
+            m = qres["methods"][method]
+            ivs = m[name]
+            n = max(iv.n for iv in ivs)
+            soft = " (vs soft G)" if m["soft_return"] else ""
+            ax.plot(m["steps"], [iv.point for iv in ivs], ".-", color=COLORS.get(method, "k"),
+                    label=f"{LABELS[method]}{soft} (n={n})")  # fmt: skip
+            ax.fill_between(m["steps"], [iv.low for iv in ivs], [iv.high for iv in ivs], color=COLORS.get(method, "k"),
+                            alpha=0.12)  # fmt: skip
+        ax.axhline(0.0, color="k", lw=0.8, ls=":")
+        ax.set_title(f"Q: {label}", fontsize=10)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean (Q - G) along stochastic eval episodes\nIQM over seeds, 95% bootstrap band")
+    fig.suptitle(f"{task.env_id}: critic estimate minus discounted Monte Carlo return")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, results_dir: pathlib.Path) -> str:
-    """Tables (markdown + JSON) and one plot per task, from the cached runs that match ``cfg``."""
+    """Tables (markdown + JSON) and plots per task, from the finished runs of ``<results>/runs`` and the cache."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    data = collect(cache_dir, cfg, task_names)
-    analyses, datasets = [], {}
+    data = collect(cache_dir, cfg, task_names, results_dir / "runs")
+    analyses, q_analyses, datasets = [], [], {}
+    q_lines: list[str] = []
     for name in task_names:
         if not data[name]:
-            print(f"report: no cached runs for {name} with these settings", flush=True)
+            print(f"report: no runs for {name} with these settings", flush=True)
             continue
         try:
             datasets[name] = dataset_summary(TASKS[name], cache_dir)
@@ -669,22 +1023,56 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
                 continue
             plot(res, results_dir / f"sample_efficiency_{name}_{mode}.png", cfg.learning_starts)
             analyses.append(res)
+        qres = analyse_q(name, data[name])
+        if qres["methods"]:
+            plot_q(qres, results_dir / f"q_overestimation_{name}.png")
+            q_analyses.append(qres)
+            steps = cfg.task_steps(TASKS[name])
+            q_lines += q_markdown(qres, sorted({b for b in TASKS[name].budgets if b <= steps} | {steps}))
+    summary = ["| task | mode | RLPD's steps / EXPO's: IQM curves of all runs (bootstrap 95% CI over the complete runs) "
+               "| paper's claim (>= 2, disjoint) |", "|---|---|---|---|"]  # fmt: skip
+    for res in analyses:
+        t = res.get("paper_target")
+        verdict = "-" if t is None else ("met" if t["met"] else "not met")
+        ci = res.get("ratio_to_rlpd_ci")
+        ci_cell = f" (complete runs: {_fmt_ratio_interval(ci)}, n={ci.n})" if ci else ""
+        summary.append(f"| {res['task']} | {res['mode']} | {_fmt_ratio(res.get('ratio_to_rlpd'))}{ci_cell} | {verdict} |")
+    n_runs = sum(len(rs) for t in data.values() for rs in t.values())
+    n_done = sum(bool(r.get("complete")) for t in data.values() for rs in t.values() for r in rs)
     text = "\n".join([
         "# Sample efficiency (generated by `python -m bench.sample_efficiency`)",
         "",
+        f"Runs: {n_done} finished, {n_runs - n_done} unfinished (their evaluations so far count in the curves and "
+        "the budget tables, not in the steps-to-threshold intervals).",
+        "",
         f"Settings: {json.dumps(dataclasses.asdict(cfg))}",
         "",
+        "## EXPO vs RLPD: steps to threshold",
+        "",
+        *summary,
+        "",
+        "## Returns",
+        "",
         markdown(analyses, cfg, datasets),
+        "## Q overestimation",
+        "",
+        *q_lines,
     ])  # fmt: skip
     (results_dir / "sample_efficiency.md").write_text(text)
     per_run = {name: {m: [dict(seed=r["seed"], complete=r.get("complete"), steps=r["steps"], returns=r["returns"],
                                stochastic_returns=r.get("stochastic_returns"),
                                seconds_per_step=r.get("seconds_per_step")) for r in rs]
                       for m, rs in data[name].items()} for name in data}  # fmt: skip
-    (results_dir / "sample_efficiency.json").write_text(json.dumps(dict(
-        settings=dataclasses.asdict(cfg), datasets=datasets,
-        analyses=[_jsonable({k: v for k, v in a.items()}) | {"methods": {m: _jsonable({k: v for k, v in d.items() if k not in ("curve", "share_above")}) for m, d in a["methods"].items()}} for a in analyses],
-        runs=per_run), indent=1))  # fmt: skip
+    analyses_json = [_jsonable({k: v for k, v in a.items() if k != "methods"})
+                     | {"methods": {m: _jsonable({k: v for k, v in d.items() if k not in ("curve", "share_above")})
+                                    for m, d in a["methods"].items()}} for a in analyses]  # fmt: skip
+    (results_dir / "sample_efficiency.json").write_text(json.dumps(
+        dict(settings=dataclasses.asdict(cfg), datasets=datasets, analyses=analyses_json, runs=per_run), indent=1))
+    (results_dir / "q_overestimation.json").write_text(json.dumps(dict(
+        note="mean (Q - G) along the stochastic evaluation episodes per evaluation step: IQM over seeds with 95% "
+             "bootstrap intervals; bias_min_pair: min over a random pair of target critics, bias_mean_all: mean over "
+             "all target critics; soft_return: G includes the entropy bonus (SAC, RLPD)",
+        tasks=[_jsonable(q) for q in q_analyses]), indent=1))  # fmt: skip
     print(text, flush=True)
     return text
 
@@ -694,7 +1082,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--methods", nargs="+", default=None, choices=list(ALL_METHODS),
-                   help="default: each task's own methods (the stability variants only when named)")  # fmt: skip
+                   help="default: the main methods (expo_no_data and the stability variants only when named)")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0..4 (quick: 0)")
     p.add_argument("--steps", type=int, default=None, help="env-step budget for every task (default: the task's)")
     p.add_argument("--eval-every", type=int, default=None)
@@ -734,16 +1122,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         ensure_datasets(sorted({r.split("/")[0] for r in args.runs}) if args.runs else args.tasks, cache_dir)
         # Seed-major order, then task, then method: partial results stay balanced across methods.
         todo = [(t, m, s) for s in seeds for t in args.tasks for m in (args.methods or TASKS[t].methods)
-                if m in TASKS[t].methods or m in STABILITY_VARIANTS]  # fmt: skip
+                if m in TASKS[t].methods or m in EXTRA_METHODS]  # fmt: skip
         if args.runs:
             todo = []
             for spec in args.runs:
                 t, m, s = spec.split("/")
-                if t not in TASKS or (m not in TASKS[t].methods and m not in STABILITY_VARIANTS):
+                if t not in TASKS or (m not in TASKS[t].methods and m not in EXTRA_METHODS):
                     raise SystemExit(f"--runs: unknown task/method in {spec!r}")
                 todo.append((t, m, int(s)))
         t0 = time.time()
-        failures = run_jobs(run_one, todo, (cfg, str(cache_dir)), args.jobs)
+        failures = run_jobs(run_one, todo, (cfg, str(cache_dir), str(results_dir / "runs")), args.jobs)
         print(f"{len(todo)} runs done in {time.time() - t0:.0f} s", flush=True)
     report(args.tasks, cfg, cache_dir, results_dir)
     return exit_code(failures)

@@ -20,8 +20,12 @@ from bench.metrics import (  # noqa: E402
     compare,
     curve_intervals,
     iqm,
+    mc_returns,
+    q_bias,
     ratio_to_reference,
+    steps_ratio_ci,
     steps_to_threshold,
+    steps_to_threshold_ci,
 )
 
 
@@ -122,6 +126,78 @@ def test_ratio_to_reference():
     assert ratio_to_reference(1000.0, 0.0) == math.inf
 
 
+def test_steps_to_threshold_ci_and_ratio():
+    grid = [0, 1000, 2000, 3000]
+    fast = [[-900, -200, -100, -100], [-900, -250, -150, -100], [-900, -280, -120, -90], [-900, -150, -100, -100]]
+    slow = [[-900, -800, -250, -200], [-900, -700, -280, -150], [-900, -850, -290, -100], [-900, -800, -200, -100]]
+    never = [[-900, -800, -700, -600]] * 4
+    iv = steps_to_threshold_ci(grid, fast, -300, reps=500)
+    assert (iv.point, iv.low, iv.high, iv.n) == (1000.0, 1000.0, 1000.0, 4)
+    assert steps_to_threshold_ci(grid, slow, -300, reps=500).point == 2000.0
+    assert math.isinf(steps_to_threshold_ci(grid, never, -300, reps=500).point)
+    # RLPD's steps / EXPO's: the reference (second) is slower -> 2
+    r = steps_ratio_ci(grid, fast, slow, -300, reps=500)
+    assert r.point == 2.0 and r.low == r.high == 2.0
+    assert steps_ratio_ci(grid, slow, fast, -300, reps=500).point == 0.5
+    assert math.isinf(steps_ratio_ci(grid, fast, never, -300, reps=500).point)  # only EXPO gets there
+    assert steps_ratio_ci(grid, never, fast, -300, reps=500).point == 0.0  # only the reference does
+    one = steps_to_threshold_ci(grid, fast[:1], -300)
+    assert one.low == one.point == one.high and one.n == 1
+    with pytest.raises(ValueError):
+        steps_to_threshold_ci(grid, [[1.0, 2.0]], 0.0)
+
+
+def test_q_vs_monte_carlo_return_on_a_hand_made_episode():
+    # rewards 1, 0, 2 with gamma 0.5: G = [1 + 0.5 * (0 + 0.5 * 2), 0 + 0.5 * 2, 2] = [1.5, 1, 2]
+    assert mc_returns([1.0, 0.0, 2.0], 0.5) == pytest.approx([1.5, 1.0, 2.0])
+    bias, g = q_bias([2.0, 1.0, 1.0], [1.0, 0.0, 2.0], 0.5, terminated=True)
+    assert g == pytest.approx([1.5, 1.0, 2.0]) and bias == pytest.approx([0.5, 0.0, -1.0])
+    # cut by a time limit: only the first half of the steps count (the missing tail weighs at most gamma^(T/2))
+    bias, g = q_bias([9.0, 9.0, 9.0, 9.0], [1.0, 1.0, 1.0, 1.0], 0.5, terminated=False)
+    assert g == pytest.approx([1.875, 1.75]) and bias == pytest.approx([7.125, 7.25])
+    # soft critics: the entropy bonus of the NEXT steps joins the return (what an entropy backup estimates)
+    _, g = q_bias([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 0.5, terminated=True, bonus=[1.0, 1.0, 1.0])
+    assert g == pytest.approx([2.5, 2.0, 1.0])
+    with pytest.raises(ValueError):
+        q_bias([1.0], [1.0, 2.0], 0.5, terminated=True)
+
+
+def test_q_vs_return_of_a_model_on_a_hand_made_episode():
+    """bench.sample_efficiency.q_vs_return: the critics' estimate (min over a random pair / mean over all target
+    critics) minus G along an episode, for EXPO and RLPD (soft return: the entropy bonus counts)."""
+    import gymnasium as gym
+
+    from bench.sample_efficiency import critic_estimates, q_vs_return
+    from sb3_expo import EXPO, RLPD, get_preset
+
+    env = gym.make("Pendulum-v1")
+    obs = [env.observation_space.sample() for _ in range(4)]
+    actions = [env.action_space.sample() for _ in range(4)]
+    episode = dict(obs=obs, actions=actions, rewards=[-1.0, -2.0, 0.0, -1.0], terminated=True)
+    g = mc_returns(episode["rewards"], 0.99)
+    expo = EXPO("MlpPolicy", env, seed=0, device="cpu", **get_preset("tiny"))
+    q = critic_estimates(expo, np.stack(obs), np.stack(actions))
+    assert set(q) == {"min_pair", "mean_all"}
+    # the same numbers by hand: the target ensemble on the scaled actions
+    import torch as th
+
+    with th.no_grad():
+        x = th.as_tensor(np.stack(obs))
+        critic = expo.policy.q_ensemble_target
+        qs = critic(critic.features_extractor(x), th.as_tensor(expo.policy.scale_action(np.stack(actions)))).numpy()
+    assert q["mean_all"] == pytest.approx(qs.mean(axis=0), abs=1e-5)
+    # min over a pair: at least the min over all members, and at most the second largest of each row
+    assert np.all(q["min_pair"] >= qs.min(axis=0) - 1e-6) and np.all(q["min_pair"] <= np.sort(qs, axis=0)[-2] + 1e-6)
+    assert not np.allclose(q["min_pair"], qs.min(axis=0))  # a random pair, not the min over all 4 members
+    out = q_vs_return(expo, [episode])
+    assert out["n_steps"] == 4 and not out["soft_return"]
+    assert out["bias_mean_all"] == pytest.approx(float(np.mean(qs.mean(axis=0) - g)), abs=1e-4)
+    assert out["mc_return"] == pytest.approx(float(g.mean()))
+    rlpd = RLPD("MlpPolicy", env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[16, 16]))
+    out = q_vs_return(rlpd, [episode])
+    assert out["soft_return"] and np.isfinite(out["bias_min_pair"])
+
+
 def test_curve_intervals_uses_runs_that_reached_each_step():
     runs = [([0, 10, 20], [1.0, 2.0, 3.0]), ([0, 10], [3.0, 4.0])]  # the second run stopped early
     grid, curve = curve_intervals(runs, reps=200)
@@ -168,10 +244,26 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
             else:
                 assert run["steps"] == [0, 30, 60]
     table = (results / "sample_efficiency.md").read_text()
-    for label in ("EXPO", "SAC (no data)", "RLPD-style SAC", "base only (imitation)", "EXPO best-of-N", "EXPO random select", "EXPO (no data)"):
-        assert label in table
+    for method in se.MAIN_METHODS:
+        assert se.LABELS[method] in table
+    assert "RLPD-style" not in table
     summary = json.loads((results / "sample_efficiency.json").read_text())
     assert {(a["task"], a["mode"]) for a in summary["analyses"]} == {(t, m) for t in se.TASKS for m in se.MODES}
+    for a in summary["analyses"]:  # per task and mode: RLPD's steps to threshold over EXPO's (None: undefined)
+        assert "ratio_to_rlpd" in a and "ratio_to_rlpd_ci" in a
+        assert set(a["methods"]) == set(se.MAIN_METHODS)
+    assert set(summary["runs"]) == set(se.TASKS) and set(summary["runs"]["pendulum"]) == set(se.MAIN_METHODS)
+    run = json.loads((cache / "runs" / "pendulum" / "rlpd" / "seed0.json").read_text())
+    assert run["model"]["algo"] == "RLPD" and len(run["q_vs_return"]) == len(run["steps"])
+    assert set(run["q_vs_return"][0]) >= {"bias_min_pair", "bias_mean_all", "mc_return", "n_steps", "soft_return"}
+    # finished runs are copied to <results>/runs (committed), and a fresh cache reuses them
+    for name, task in se.TASKS.items():
+        for method in task.methods:
+            assert (results / "runs" / name / method / "seed0.json").is_file()
+    q = json.loads((results / "q_overestimation.json").read_text())
+    assert {t["task"] for t in q["tasks"]} == set(se.TASKS)
+    for name in se.TASKS:
+        assert (results / f"q_overestimation_{name}.png").stat().st_size > 1000
     assert "stochastic evaluation" in table and "worst eval after reaching it" in table
     # second invocation: everything comes from the cache, nothing is retrained
     before = {p: p.stat().st_mtime_ns for p in (cache / "runs").rglob("*.json")}
@@ -179,6 +271,12 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
     assert {p: p.stat().st_mtime_ns for p in (cache / "runs").rglob("*.json")} == before
     # report-only works from the cache alone
     assert se.main(argv + ["--report-only"]) == 0
+    # ... and from the committed runs alone (a later session without the cache): nothing is retrained
+    fresh = tmp_path / "fresh_cache"
+    assert se.main(["--tiny", "--cache-dir", str(fresh), "--results-dir", str(results), "--runs", "pendulum/rlpd/0"]) == 0
+    assert not (fresh / "runs" / "pendulum" / "rlpd" / "seed0.json").exists()
+    assert se.main(["--tiny", "--cache-dir", str(fresh), "--results-dir", str(results), "--report-only"]) == 0
+    assert "RLPD" in (results / "sample_efficiency.md").read_text()
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
