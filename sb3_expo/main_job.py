@@ -1,6 +1,6 @@
 """The main job: EXPO offline-to-online on Pendulum-v1 from a local demo dataset, against a SAC baseline.
 
-``python -m sb3_expo.main_job`` (no download; about 4 min on 2 CPU cores; ``--quick``: about 20 s):
+``python -m sb3_expo.main_job`` (no download; about 4.5 min on 2 CPU cores; ``--quick``: about 20 s):
 
 1. writes the demo dataset ``sb3-expo/pendulum-medium-v0`` (a noisy scripted swing-up controller, 20 episodes,
    mean return about -650; random actions score about -1200, a good policy about -150) under
