@@ -27,9 +27,9 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayB
 from stable_baselines3.common.utils import configure_logger
 from torch.profiler import record_function
 
+from sb3_expo import losses
 from sb3_expo.buffers.device import DeviceReplayBuffer
 from sb3_expo.config import DiffusionConfig, OTFConfig
-from sb3_expo import losses
 from sb3_expo.policies import CnnPolicy, EXPOPolicy, MlpPolicy, MultiInputPolicy
 from sb3_expo.presets import resolve_preset
 from sb3_expo.utils.atomic_io import atomic_path
