@@ -666,12 +666,13 @@ def _fmt_steps(x: Optional[float]) -> str:
     return "not reached" if x is None else f"{int(x)}"
 
 
-def _fmt_ratio(r: Optional[float], who: str = "EXPO") -> str:
-    """RLPD's steps over ``who``'s: None when ``who`` never reaches the threshold, inf when only RLPD does not."""
+def _fmt_ratio(r: Optional[float], who: str = "EXPO", own_steps: Optional[float] = None) -> str:
+    """RLPD's steps over ``who``'s: None when ``who`` never reaches the threshold, inf when RLPD does not or when
+    ``who`` is there from step 0 (``own_steps == 0``: its pretrained base already is)."""
     if r is None:
         return f"n/a ({who} did not reach it)"
     if math.isinf(r):
-        return "inf (RLPD did not reach it)"
+        return f"inf ({who} at it from step 0)" if own_steps == 0 else "inf (RLPD did not reach it)"
     return f"{r:.2f}"
 
 
@@ -772,9 +773,10 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
             ci_e, ci_r = expo["threshold_steps_ci"], rlpd["threshold_steps_ci"]
             disjoint = ci_e.high < ci_r.low
             ratio = res["ratio_to_rlpd_ci"].point
+            enough = min(ci_e.n, ci_r.n) >= MIN_SEEDS_FOR_VERDICT
             res["paper_target"] = dict(ratio_at_least_2=bool(ratio >= 2.0), intervals_disjoint=bool(disjoint),
-                                       met=bool(ratio >= 2.0 and disjoint),
-                                       seeds=min(ci_e.n, ci_r.n))  # fmt: skip
+                                       met=bool(ratio >= 2.0 and disjoint and enough), enough_seeds=bool(enough),
+                                       expo_from_start=bool(ci_e.point == 0.0), seeds=min(ci_e.n, ci_r.n))  # fmt: skip
     sac, no_data = res["methods"].get("sac"), res["methods"].get("expo_no_data")
     if sac and no_data and sac["at"].get(steps) and no_data["at"].get(steps):
         a, b = no_data["at"][steps], sac["at"][steps]
@@ -796,6 +798,15 @@ def _fmt_ratio_interval(iv: Optional[Interval]) -> str:
     return f"{f(iv.point)} [{f(iv.low)}, {f(iv.high)}]"
 
 
+def _target_verdict(target: Optional[dict]) -> str:
+    if target is None:
+        return "-"
+    if not target["enough_seeds"]:
+        return f"no call (n<{MIN_SEEDS_FOR_VERDICT})"
+    verdict = "met" if target["met"] else "not met"
+    return verdict + (" (EXPO at the threshold from step 0: its pretrained base is)" if target["expo_from_start"] else "")
+
+
 def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) -> str:
     lines = []
     for res in analyses:
@@ -815,7 +826,7 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
         if target is not None:
             lines += [f"**EXPO vs RLPD, steps to {task.threshold:g}:** RLPD's / EXPO's = {ratio} (95% bootstrap "
                       f"interval, {target['seeds']}+ complete seeds each). Paper's claim (ratio >= 2 with disjoint "
-                      f"steps intervals): **{'met' if target['met'] else 'not met'}** (ratio >= 2: "
+                      f"steps intervals): **{_target_verdict(target)}** (ratio >= 2: "
                       f"{'yes' if target['ratio_at_least_2'] else 'no'}; intervals disjoint: "
                       f"{'yes' if target['intervals_disjoint'] else 'no'}).", ""]  # fmt: skip
         else:
@@ -846,7 +857,8 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
                 _fmt_steps(m["threshold_steps_iqm"])  # fmt: skip
             lines.append(
                 f"| {LABELS[method]} | " + " | ".join(cells)
-                + f" | {steps_cell} | {_fmt_ratio(m.get('rlpd_steps_over_these'), 'this method')} | {reach} | "
+                + f" | {steps_cell} | {_fmt_ratio(m.get('rlpd_steps_over_these'), 'this method', m['threshold_steps_iqm'])}"
+            f" | {reach} | "
                 f"{worst_cell} | {verdict} |"
             )
         if "no_data_vs_sac" in res:
@@ -1030,13 +1042,17 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
             steps = cfg.task_steps(TASKS[name])
             q_lines += q_markdown(qres, sorted({b for b in TASKS[name].budgets if b <= steps} | {steps}))
     summary = ["| task | mode | RLPD's steps / EXPO's: IQM curves of all runs (bootstrap 95% CI over the complete runs) "
-               "| paper's claim (>= 2, disjoint) |", "|---|---|---|---|"]  # fmt: skip
+               "| paper's claim (>= 2, disjoint) | RLPD's steps / EXPO online + data's (no pretraining: RLPD's setting) |",
+               "|---|---|---|---|---|"]  # fmt: skip
     for res in analyses:
-        t = res.get("paper_target")
-        verdict = "-" if t is None else ("met" if t["met"] else "not met")
         ci = res.get("ratio_to_rlpd_ci")
         ci_cell = f" (complete runs: {_fmt_ratio_interval(ci)}, n={ci.n})" if ci else ""
-        summary.append(f"| {res['task']} | {res['mode']} | {_fmt_ratio(res.get('ratio_to_rlpd'))}{ci_cell} | {verdict} |")
+        expo, online = res["methods"].get("expo"), res["methods"].get("expo_online_data")
+        expo_cell = _fmt_ratio(res.get("ratio_to_rlpd"), "EXPO", expo["threshold_steps_iqm"] if expo else None)
+        online_cell = "-" if online is None else _fmt_ratio(online.get("rlpd_steps_over_these"), "EXPO online + data",
+                                                            online["threshold_steps_iqm"])  # fmt: skip
+        summary.append(f"| {res['task']} | {res['mode']} | {expo_cell}{ci_cell} | "
+                       f"{_target_verdict(res.get('paper_target'))} | {online_cell} |")
     n_runs = sum(len(rs) for t in data.values() for rs in t.values())
     n_done = sum(bool(r.get("complete")) for t in data.values() for rs in t.values() for r in rs)
     text = "\n".join([
