@@ -7,6 +7,7 @@ import copy
 import hashlib
 import os
 import pathlib
+import re
 import time
 from collections.abc import Collection, Mapping
 from typing import Any, Optional
@@ -108,7 +109,8 @@ class EXPOExperimentManager(ExperimentManager):
     replay buffer was reloaded.
     """
 
-    #: Apply EXPO's processing to ``--algo expo`` only (the hooked ``python -m rl_zoo3.train``) or to every algo.
+    #: Apply EXPO's processing to this package's algorithms only (:data:`OUR_ALGOS`: the hooked
+    #: ``python -m rl_zoo3.train``) or to every algo (``python -m sb3_expo.train``).
     expo_only = False
 
     def __init__(self, args: Any, algo: str, *posargs: Any, **kwargs: Any) -> None:
@@ -178,7 +180,9 @@ class EXPOExperimentManager(ExperimentManager):
             return
         cb_kwargs = dict(spec[_PRETRAIN_CALLBACK])
         entry = {k: v for k, v in sorted(self._hyperparams.items())}
-        key = hashlib.sha256(repr((self.env_name.gym_id, self.algo, entry, sorted(cb_kwargs.items()))).encode()).hexdigest()
+        # the same entry gives the same key in every worker: object addresses (schedules, ...) are left out
+        described = re.sub(r" at 0x[0-9a-fA-F]+", "", repr((self.env_name.gym_id, self.algo, entry, sorted(cb_kwargs.items()))))
+        key = hashlib.sha256(described.encode()).hexdigest()
         path = pathlib.Path(self.log_folder) / self.algo / "pretrained" / f"{self.env_name}_{key[:16]}.pt"
 
         def pretrain() -> None:
