@@ -145,29 +145,30 @@ TASKS: dict[str, Task] = {
         budgets=(1000, 2000, 3000),
         reward_kind="dense",
         methods=MAIN_METHODS,
+        short_steps=2000,
     ),
     "mountaincar": Task(
         env_id="MountainCarContinuous-v0",
         dataset_id="sb3-expo-bench/mountaincar-medium-v0",
         dataset_episodes=5,
         dataset_quality="medium",
-        steps=6000,
+        steps=5000,  # RLPD reaches the threshold at 3500
         eval_every=500,
         threshold=50.0,
-        budgets=(1000, 3000, 6000),
+        budgets=(1000, 2000, 5000),
         reward_kind="sparse (goal)",
         methods=MAIN_METHODS,
-        short_steps=3000,
+        short_steps=2000,
     ),
     "pointmaze": Task(
         env_id="PointMaze_UMaze-v3",
         dataset_id="sb3-expo-bench/pointmaze-umaze-expert-v0",
         dataset_episodes=10,
         dataset_quality="expert",
-        steps=15000,
+        steps=12500,  # RLPD reaches the threshold at 8750-11250
         eval_every=1250,
         threshold=0.5,
-        budgets=(2500, 5000, 10000, 15000),  # the ablations: 2500
+        budgets=(2500, 5000, 10000, 12500),  # the ablations: 2500
         reward_kind="sparse (1 at the goal), long horizon",
         methods=MAIN_METHODS,
         obs_keys=POINTMAZE_KEYS,
@@ -250,6 +251,40 @@ class RunConfig:
             max_episode_steps=self.max_episode_steps,
         )
 
+
+PER_POINT_FIELDS = ("steps", "returns", "episode_returns", "stochastic_returns", "episode_stochastic_returns",
+                    "q_vs_return")  # fmt: skip
+
+
+def holds_budget(record_key: Any, key: dict[str, Any]) -> bool:
+    """Whether a run recorded under ``record_key`` holds the run that ``key`` asks for: the same settings with a
+    budget at least as long. Nothing in a run depends on its total budget (it learns in chunks that end at the
+    evaluation points, at constant learning rates), so up to a shorter budget that is a multiple of ``eval_every``
+    its evaluations are exactly those of a run with that budget: a shortened benchmark reuses the longer runs."""
+    if not isinstance(record_key, dict) or record_key.get("steps", -1) < key["steps"]:
+        return False
+    rest = {k: v for k, v in record_key.items() if k != "steps"}
+    return rest == {k: v for k, v in key.items() if k != "steps"} and key["steps"] % key["eval_every"] == 0
+
+
+def cut_to_budget(record: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
+    """The run of ``record`` up to ``key``'s budget (a copy, under ``key``; ``budget_of_record`` keeps the longer
+    budget it was run with). Its timings are scaled to the steps kept."""
+    if record.get("key") == key:
+        return record
+    if record.get("static"):  # base_only: one evaluation before any online step, whatever the budget
+        return dict(record, key=key, budget_of_record=record["key"]["steps"])
+    n = sum(1 for s in record["steps"] if s <= key["steps"])
+    out = dict(record, key=key, budget_of_record=record["key"]["steps"])
+    for field in PER_POINT_FIELDS:
+        if field in record:
+            out[field] = record[field][:n]
+    out["complete"] = bool(n) and out["steps"][-1] == key["steps"]
+    kept = out["steps"][-1] / max(record["steps"][-1], 1) if n else 0.0
+    for field in ("train_seconds", "eval_seconds"):
+        if field in record:
+            out[field] = record[field] * kept
+    return out
 
 QUICK = dict(steps=200, eval_every=100, eval_episodes=1, static_eval_episodes=2, learning_starts=150,
              pretrain_steps=100, max_episode_steps=200)  # fmt: skip
@@ -556,11 +591,18 @@ def run_one(task_name: str, method: str, seed: int, cfg: RunConfig, cache_dir: s
     tag = f"[{task_name}/{method}/seed{seed}]"
     for candidate in ([path] + ([published / task_name / method / f"seed{seed}.json"] if published else [])):
         done = load_json(candidate)
-        if done is not None and done.get("key") == key and done.get("complete"):
+        if done is not None and holds_budget(done.get("key"), key) and done.get("complete"):
             print(f"{tag} finished already ({candidate.parent.parent.parent.name}/)", flush=True)
-            publish(done, published)
-            return done
+            publish(done, published)  # as run (a longer run stays whole)
+            return cut_to_budget(done, key)
     old = load_json(path)
+    if old is not None and old.get("key") != key and holds_budget(old.get("key"), key) and old.get("steps"):
+        # An interrupted run with a longer budget: its evaluations so far are this run's; it ends at this budget.
+        old = cut_to_budget(old, key)
+        if old["complete"]:
+            write_json(path, old)
+            publish(old, published)
+            return old
 
     steps, eval_every = cfg.task_steps(task, method), cfg.task_eval_every(task)
     env, eval_env = make_env(task, cfg, training=True), make_env(task, cfg)
@@ -634,8 +676,9 @@ def collect(cache_dir: pathlib.Path, cfg: RunConfig, task_names: list[str],
                     continue
                 for p in sorted((root / name / method).glob("seed*.json")):
                     r = load_json(p)
-                    if r is None or r.get("key") != cfg.key(task, method) or not r.get("steps"):
+                    if r is None or not holds_budget(r.get("key"), cfg.key(task, method)) or not r.get("steps"):
                         continue
+                    r = cut_to_budget(r, cfg.key(task, method))
                     if (finished_only and not r.get("complete")) or (r["seed"] in by_seed and not r.get("complete")):
                         continue
                     by_seed[r["seed"]] = r
