@@ -743,14 +743,17 @@ def complete_matrix(runs: list[dict]) -> tuple[Optional[list[int]], list[list[fl
     return grid, [r["returns"] for r in done if r["steps"] == grid]
 
 
-def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: str = "deterministic") -> dict[str, Any]:
+def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: str = "deterministic",
+            threshold: Optional[float] = None) -> dict[str, Any]:  # fmt: skip
     """Per-method IQM intervals at the budgets, steps to threshold (with bootstrap intervals over the complete runs),
-    the ratio to RLPD's, stability and the EXPO verdicts of one task, in one evaluation mode."""
+    the ratio to RLPD's, stability and the EXPO verdicts of one task, in one evaluation mode (``threshold``: instead
+    of the task's)."""
     runs = in_mode(runs, mode)
     task = TASKS[task_name]
+    thr = task.threshold if threshold is None else threshold
     steps = cfg.task_steps(task)
     budgets = sorted({b for b in task.budgets if b <= steps} | {steps})
-    res: dict[str, Any] = dict(task=task_name, env_id=task.env_id, threshold=task.threshold, budgets=budgets,
+    res: dict[str, Any] = dict(task=task_name, env_id=task.env_id, threshold=thr, budgets=budgets,
                                steps=steps, mode=mode, methods={})  # fmt: skip
     for method, rs in runs.items():
         m: dict[str, Any] = dict(n_runs=len(rs), n_complete=sum(bool(r.get("complete")) for r in rs),
@@ -761,24 +764,24 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
         if rs[0].get("static"):
             value = bootstrap_ci([r["returns"][0] for r in rs])
             m["curve"] = (np.array([0.0, float(steps)]), [value, value])
-            m["threshold_steps_iqm"] = 0.0 if value.point >= task.threshold else None
-            share = float(np.mean([r["returns"][0] >= task.threshold for r in rs]))
+            m["threshold_steps_iqm"] = 0.0 if value.point >= thr else None
+            share = float(np.mean([r["returns"][0] >= thr for r in rs]))
             m["share_above"] = (np.array([0.0, float(steps)]), [share, share])
             m["threshold_steps_ci"] = None
         else:
             grid, curve = curve_intervals([(r["steps"], r["returns"]) for r in rs])
             m["curve"] = (grid, curve)
-            m["threshold_steps_iqm"] = steps_to_threshold(grid, [c.point for c in curve], task.threshold)
-            m["share_above"] = (grid, [float(np.mean([v >= task.threshold for v in (_value_at(r, int(g)) for r in rs)
+            m["threshold_steps_iqm"] = steps_to_threshold(grid, [c.point for c in curve], thr)
+            m["share_above"] = (grid, [float(np.mean([v >= thr for v in (_value_at(r, int(g)) for r in rs)
                                                        if v is not None])) for g in grid])  # fmt: skip
             full_grid, rows = complete_matrix(rs)
-            m["threshold_steps_ci"] = steps_to_threshold_ci(full_grid, rows, task.threshold) if rows else None
+            m["threshold_steps_ci"] = steps_to_threshold_ci(full_grid, rows, thr) if rows else None
         per_seed = [
-            (0.0 if r["returns"][0] >= task.threshold else None) if r.get("static")
-            else steps_to_threshold(r["steps"], r["returns"], task.threshold)
+            (0.0 if r["returns"][0] >= thr else None) if r.get("static")
+            else steps_to_threshold(r["steps"], r["returns"], thr)
             for r in rs if r.get("complete")
         ]  # fmt: skip
-        worst = [w for w in (worst_after_reaching(r["steps"], r["returns"], task.threshold)
+        worst = [w for w in (worst_after_reaching(r["steps"], r["returns"], thr)
                              for r in rs if r.get("complete") and not r.get("static")) if w is not None]  # fmt: skip
         m["worst_after_reaching"] = bootstrap_ci(worst) if worst else None
         m["threshold_reached"] = sum(s is not None for s in per_seed)
@@ -799,6 +802,7 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
         # RLPD's steps / this method's: above 1 = fewer env steps than RLPD (None: this method never gets there)
         m["rlpd_steps_over_these"] = (ratio_to_reference(rlpd["threshold_steps_iqm"], m["threshold_steps_iqm"])
                                       if rlpd else None)  # fmt: skip
+        m["steps_vs_rlpd"] = steps_verdict(m, rlpd) if (rlpd and method != "rlpd") else None
         if expo and method != "expo":
             m["expo_vs"] = {}
             for b in budgets:
@@ -812,7 +816,7 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
     if expo and rlpd:
         (grid_e, rows_e), (grid_r, rows_r) = complete_matrix(runs["expo"]), complete_matrix(runs["rlpd"])
         if rows_e and rows_r and grid_e == grid_r:
-            res["ratio_to_rlpd_ci"] = steps_ratio_ci(grid_e, rows_e, rows_r, task.threshold)
+            res["ratio_to_rlpd_ci"] = steps_ratio_ci(grid_e, rows_e, rows_r, thr)
             ci_e, ci_r = expo["threshold_steps_ci"], rlpd["threshold_steps_ci"]
             disjoint = ci_e.high < ci_r.low
             ratio = res["ratio_to_rlpd_ci"].point
@@ -820,11 +824,58 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
             res["paper_target"] = dict(ratio_at_least_2=bool(ratio >= 2.0), intervals_disjoint=bool(disjoint),
                                        met=bool(ratio >= 2.0 and disjoint and enough), enough_seeds=bool(enough),
                                        expo_from_start=bool(ci_e.point == 0.0), seeds=min(ci_e.n, ci_r.n))  # fmt: skip
+    base = res["methods"].get("base_only")
+    res["imitation_reaches"] = bool(base is not None and base["threshold_steps_iqm"] == 0.0)
+    res["verdict"] = expo["steps_vs_rlpd"] if (expo and rlpd) else None
     sac, no_data = res["methods"].get("sac"), res["methods"].get("expo_no_data")
     if sac and no_data and sac["at"].get(steps) and no_data["at"].get(steps):
         a, b = no_data["at"][steps], sac["at"][steps]
         res["no_data_vs_sac"] = compare(a, b) if min(a.n, b.n) >= MIN_SEEDS_FOR_VERDICT else "too_few"
     return res
+
+
+def steps_verdict(m: dict[str, Any], rlpd: dict[str, Any]) -> str:
+    """A method against RLPD on env steps to the threshold, from the bootstrap intervals over complete seeds:
+    ``beats`` (its interval lies below RLPD's: fewer steps), ``loses`` (above), ``ties`` (they overlap), ``too_few``
+    (fewer than MIN_SEEDS_FOR_VERDICT complete seeds on either side)."""
+    a, b = m.get("threshold_steps_ci"), rlpd.get("threshold_steps_ci")
+    if m.get("threshold_of") and m["threshold_steps_iqm"] == 0.0 and m.get("threshold_steps_ci") is None:
+        a = Interval(0.0, 0.0, 0.0, m["threshold_of"])  # base_only: one evaluation, at step 0
+    if a is None or b is None or min(a.n, b.n) < MIN_SEEDS_FOR_VERDICT:
+        return "too_few"
+    return "beats" if a.high < b.low else ("loses" if a.low > b.high else "ties")
+
+
+def beyond_data(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: str, res: dict[str, Any],
+                dataset: Optional[dict[str, float]]) -> Optional[dict[str, Any]]:  # fmt: skip
+    """Where imitation alone meets the task's threshold, steps to the best demonstration's return instead (when
+    imitation does not reach that one): what the online phase adds beyond copying the data. None elsewhere."""
+    base = res["methods"].get("base_only")
+    if not (dataset and res.get("imitation_reaches") and base and "rlpd" in res["methods"]):
+        return None
+    thr = float(dataset["max_return"])
+    if base["at"][res["steps"]].point >= thr:
+        return None  # imitation reaches the best demo too (e.g. a success rate of 1): nothing to measure beyond it
+    b = analyse(task_name, runs, cfg, mode, threshold=thr)
+    return dict(threshold=thr, ratio_to_rlpd=b["ratio_to_rlpd"], ratio_to_rlpd_ci=b["ratio_to_rlpd_ci"],
+                paper_target=b["paper_target"], verdict=b["verdict"], imitation_reaches=b["imitation_reaches"],
+                methods={m: dict(threshold_steps_iqm=d["threshold_steps_iqm"], threshold_steps_ci=d["threshold_steps_ci"],
+                                 threshold_reached=d["threshold_reached"], threshold_of=d["threshold_of"],
+                                 rlpd_steps_over_these=d["rlpd_steps_over_these"], steps_vs_rlpd=d["steps_vs_rlpd"])
+                         for m, d in b["methods"].items()})  # fmt: skip
+
+
+VERDICT_WORDS = dict(beats="beats", loses="loses", ties="ties", too_few=f"no call (n<{MIN_SEEDS_FOR_VERDICT})")
+
+
+def _verdict_cell(res: dict[str, Any], method: str = "expo") -> str:
+    m = res["methods"].get(method)
+    if m is None or m.get("steps_vs_rlpd") is None:
+        return "-"
+    word = VERDICT_WORDS[m["steps_vs_rlpd"]]
+    if method == "expo" and res.get("imitation_reaches") and m["threshold_steps_iqm"] == 0.0:
+        word += " (by imitation: the pretrained base is at it before any online step)"
+    return word
 
 
 def _fmt_interval_steps(iv: Optional[Interval]) -> str:
@@ -861,25 +912,34 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
             f"Dataset `{task.dataset_id}`: {ds.get('episodes', '?')} episodes, {ds.get('transitions', '?')} transitions, "
             f"mean return {ds.get('mean_return', float('nan')):.2f}. Budget {res['steps']} env steps, evaluation every "
             f"{cfg.task_eval_every(task)} steps ({cfg.eval_episodes} {res['mode']} episodes), "
-            f"threshold {task.threshold:g}.",
+            f"threshold {res['threshold']:g}.",
             "",
         ]
         target = res.get("paper_target")
         ratio = _fmt_ratio_interval(res.get("ratio_to_rlpd_ci"))
         if target is not None:
-            lines += [f"**EXPO vs RLPD, steps to {task.threshold:g}:** RLPD's / EXPO's = {ratio} (95% bootstrap "
+            lines += [f"**EXPO vs RLPD, steps to {res['threshold']:g}:** RLPD's / EXPO's = {ratio} (95% bootstrap "
                       f"interval, {target['seeds']}+ complete seeds each). Paper's claim (ratio >= 2 with disjoint "
                       f"steps intervals): **{_target_verdict(target)}** (ratio >= 2: "
                       f"{'yes' if target['ratio_at_least_2'] else 'no'}; intervals disjoint: "
                       f"{'yes' if target['intervals_disjoint'] else 'no'}).", ""]  # fmt: skip
         else:
-            lines += [f"**EXPO vs RLPD, steps to {task.threshold:g}:** ratio "
+            lines += [f"**EXPO vs RLPD, steps to {res['threshold']:g}:** ratio "
                       f"{_fmt_ratio(res.get('ratio_to_rlpd'))} (IQM curves; no interval: too few complete runs).", ""]
+        lines += [f"**EXPO vs RLPD, steps:** {_verdict_cell(res)}.", ""]
+        beyond = res.get("beyond_data")
+        if beyond:
+            e = beyond["methods"].get("expo", {})
+            r = beyond["methods"].get("rlpd", {})
+            lines += [f"**Beyond the best demonstration ({beyond['threshold']:.4g}, which imitation alone does not "
+                      f"reach):** EXPO {_fmt_interval_steps(e.get('threshold_steps_ci')) if e else '-'} steps, "
+                      f"RLPD {_fmt_interval_steps(r.get('threshold_steps_ci')) if r else '-'}; RLPD's / EXPO's = "
+                      f"{_fmt_ratio_interval(beyond.get('ratio_to_rlpd_ci'))}: EXPO {_verdict_cell(beyond)} RLPD.", ""]
         lines += [
             "IQM of the evaluation return over seeds [bootstrap 95% interval] (n = seeds with that evaluation):",
             "",
             "| method | " + " | ".join(f"{b} steps" for b in res["budgets"])
-            + f" | steps to {task.threshold:g}: IQM curve [95% CI] | RLPD's steps / these | seeds reaching it | "
+            + f" | steps to {res['threshold']:g}: IQM curve [95% CI] | RLPD's steps / these | seeds reaching it | "
             "worst eval after reaching it (IQM over those seeds) | EXPO vs it at "
             + " / ".join(str(b) for b in res["budgets"]) + " |",
             "|---|" + "---|" * len(res["budgets"]) + "---|---|---|---|---|",
@@ -949,12 +1009,15 @@ def plot(res: dict, out: pathlib.Path, learning_starts: Optional[int] = None) ->
             a.axvline(learning_starts, color="0.5", lw=0.8, ls="-.")
         a.set_xlabel("env steps")
         a.grid(alpha=0.3)
-    ax.axhline(task.threshold, color="k", lw=0.8, ls=":", label=f"threshold {task.threshold:g}")
+    ax.axhline(res["threshold"], color="k", lw=0.8, ls=":", label=f"threshold {res['threshold']:g}")
+    if res.get("beyond_data"):
+        thr = res["beyond_data"]["threshold"]
+        ax.axhline(thr, color="k", lw=0.8, ls="--", alpha=0.6, label=f"best demo {thr:.4g}")
     if learning_starts:
         ax.plot([], [], color="0.5", lw=0.8, ls="-.", label=f"random warm-up ends ({learning_starts})")
     ax.set_ylabel("eval return: IQM over seeds, 95% bootstrap band")
     ax.set_title(f"{task.env_id} ({task.reward_kind} reward), {res['mode']} evaluation")
-    ax2.set_ylabel(f"share of seeds with eval return >= {task.threshold:g}")
+    ax2.set_ylabel(f"share of seeds with eval return >= {res['threshold']:g}")
     ax2.set_ylim(-0.05, 1.05)
     ax2.set_title("seeds at or above the threshold")
     fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=5, frameon=False)
@@ -1076,6 +1139,7 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
             res = analyse(name, data[name], cfg, mode)
             if not res["methods"]:
                 continue
+            res["beyond_data"] = beyond_data(name, data[name], cfg, mode, res, datasets.get(name))
             plot(res, results_dir / f"sample_efficiency_{name}_{mode}.png", cfg.learning_starts)
             analyses.append(res)
         qres = analyse_q(name, data[name])
@@ -1084,18 +1148,28 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
             q_analyses.append(qres)
             steps = cfg.task_steps(TASKS[name])
             q_lines += q_markdown(qres, sorted({b for b in TASKS[name].budgets if b <= steps} | {steps}))
-    summary = ["| task | mode | RLPD's steps / EXPO's: IQM curves of all runs (bootstrap 95% CI over the complete runs) "
-               "| paper's claim (>= 2, disjoint) | RLPD's steps / EXPO online + data's (no pretraining: RLPD's setting) |",
-               "|---|---|---|---|---|"]  # fmt: skip
+    summary = ["| task | mode | threshold | RLPD's steps / EXPO's: IQM curves of all runs (bootstrap 95% CI over the "
+               "complete runs) | EXPO vs RLPD, steps | paper's claim (>= 2, disjoint) | RLPD's steps / EXPO online + "
+               "data's (no pretraining: RLPD's setting) | EXPO online + data vs RLPD, steps |",
+               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for res in analyses:
-        ci = res.get("ratio_to_rlpd_ci")
-        ci_cell = f" (complete runs: {_fmt_ratio_interval(ci)}, n={ci.n})" if ci else ""
-        expo, online = res["methods"].get("expo"), res["methods"].get("expo_online_data")
-        expo_cell = _fmt_ratio(res.get("ratio_to_rlpd"), "EXPO", expo["threshold_steps_iqm"] if expo else None)
-        online_cell = "-" if online is None else _fmt_ratio(online.get("rlpd_steps_over_these"), "EXPO online + data",
-                                                            online["threshold_steps_iqm"])  # fmt: skip
-        summary.append(f"| {res['task']} | {res['mode']} | {expo_cell}{ci_cell} | "
-                       f"{_target_verdict(res.get('paper_target'))} | {online_cell} |")
+        rows = [(res["task"], res)]
+        if res.get("beyond_data"):
+            rows.append((f"{res['task']}, beyond the best demo", dict(res["beyond_data"], steps=res["steps"])))
+        for label, r in rows:
+            ci = r.get("ratio_to_rlpd_ci")
+            ci_cell = f" (complete runs: {_fmt_ratio_interval(ci)}, n={ci.n})" if ci else ""
+            expo, online = r["methods"].get("expo"), r["methods"].get("expo_online_data")
+            expo_cell = _fmt_ratio(r.get("ratio_to_rlpd"), "EXPO", expo["threshold_steps_iqm"] if expo else None)
+            online_cell = "-" if online is None else _fmt_ratio(online.get("rlpd_steps_over_these"),
+                                                                "EXPO online + data", online["threshold_steps_iqm"])
+            summary.append(f"| {label} | {res['mode']} | {r['threshold']:.4g} | {expo_cell}{ci_cell} | "
+                           f"{_verdict_cell(r)} | {_target_verdict(r.get('paper_target'))} | {online_cell} | "
+                           f"{_verdict_cell(r, 'expo_online_data')} |")
+    summary += ["", "EXPO vs RLPD, steps: `beats` / `loses` = EXPO's bootstrap interval of env steps to the threshold "
+                "lies below / above RLPD's, `ties` = they overlap. *Beyond the best demo*: where imitation alone meets "
+                "the task's threshold, the same comparison at the best demonstration's return, which imitation does "
+                "not reach: what the online phase adds beyond copying the data."]  # fmt: skip
     n_runs = sum(len(rs) for t in data.values() for rs in t.values())
     n_done = sum(bool(r.get("complete")) for t in data.values() for rs in t.values() for r in rs)
     text = "\n".join([

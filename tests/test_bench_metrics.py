@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -277,6 +278,19 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
     assert not (fresh / "runs" / "pendulum" / "rlpd" / "seed0.json").exists()
     assert se.main(["--tiny", "--cache-dir", str(fresh), "--results-dir", str(results), "--report-only"]) == 0
     assert "RLPD" in (results / "sample_efficiency.md").read_text()
+    # a shorter budget is served by the longer committed run's first evaluations, without training ...
+    short = se.RunConfig(**{**se.TINY, "steps": 30})
+    cut = se.run_one("pendulum", "expo", 0, short, str(fresh), str(results / "runs"))
+    assert cut["steps"] == [0, 30] and cut["complete"] and cut["budget_of_record"] == 60
+    assert not (fresh / "runs" / "pendulum" / "expo" / "seed0.json").exists()
+    assert json.loads((results / "runs" / "pendulum" / "expo" / "seed0.json").read_text())["steps"] == [0, 30, 60]
+    # ... and they are exactly what a run trained with that budget gives
+    own = tmp_path / "own_cache"
+    shutil.copytree(cache / "minari", own / "minari")
+    trained = se.run_one("pendulum", "expo", 0, short, str(own), None)
+    assert trained["steps"] == [0, 30] and "budget_of_record" not in trained
+    for field in ("returns", "stochastic_returns", "episode_returns"):
+        assert trained[field] == cut[field]
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
