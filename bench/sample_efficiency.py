@@ -1121,6 +1121,36 @@ def plot_q(qres: dict, out: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def run_seconds(run: dict[str, Any]) -> float:
+    """Wall seconds of one run: pretraining, training and evaluation (scaled to the budget for a longer run)."""
+    return float(sum(run.get(k, 0.0) for k in ("pretrain_seconds", "train_seconds", "eval_seconds")))
+
+
+def compute_table(data: dict[str, dict[str, list[dict]]], task_names: list[str], seeds: int = 5) -> list[str]:
+    """What the full run costs: measured seconds per task and method (complete runs), a method's missing seeds
+    counted at its mean, and the wall time of the whole at 2 runs side by side."""
+    lines = ["Wall seconds per run (pretraining + training + evaluation; mean over the complete runs, 1 torch thread "
+             "each, 2 runs side by side on the 2-core CPU, so each run shares the machine with one other):", "",
+             "| method | " + " | ".join(task_names) + " | all seeds of all tasks (missing seeds at the mean) |",
+             "|---|" + "---|" * len(task_names) + "---|"]  # fmt: skip
+    total = 0.0
+    for method in MAIN_METHODS:
+        cells, method_total = [], 0.0
+        for name in task_names:
+            done = [run_seconds(r) for r in data.get(name, {}).get(method, []) if r.get("complete")]
+            if not done:
+                cells.append("-")
+                continue
+            cells.append(f"{np.mean(done):.0f} (n={len(done)})")
+            method_total += float(np.mean(done)) * max(seeds, len(done))
+        total += method_total
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {method_total:.0f} |")
+    lines += ["", f"All methods, {seeds} seeds, {len(task_names)} tasks: {total:.0f} s of runs, so about "
+              f"**{total / 2 / 3600:.1f} h** of wall time with `--jobs 2` (`bench/run_full.sh`). Runs measured while the "
+              "machine also ran tests or other benchmarks took longer, so this overstates a quiet run.", ""]  # fmt: skip
+    return lines
+
+
 def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, results_dir: pathlib.Path) -> str:
     """Tables (markdown + JSON) and plots per task, from the finished runs of ``<results>/runs`` and the cache."""
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -1170,6 +1200,7 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
                 "lies below / above RLPD's, `ties` = they overlap. *Beyond the best demo*: where imitation alone meets "
                 "the task's threshold, the same comparison at the best demonstration's return, which imitation does "
                 "not reach: what the online phase adds beyond copying the data."]  # fmt: skip
+    compute = compute_table(data, task_names)
     n_runs = sum(len(rs) for t in data.values() for rs in t.values())
     n_done = sum(bool(r.get("complete")) for t in data.values() for rs in t.values() for r in rs)
     text = "\n".join([
@@ -1190,6 +1221,9 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
         "## Q overestimation",
         "",
         *q_lines,
+        "## Compute",
+        "",
+        *compute,
     ])  # fmt: skip
     (results_dir / "sample_efficiency.md").write_text(text)
     per_run = {name: {m: [dict(seed=r["seed"], complete=r.get("complete"), steps=r["steps"], returns=r["returns"],
