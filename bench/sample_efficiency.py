@@ -810,6 +810,12 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
                 if ref is not None and other is not None:
                     enough = min(ref.n, other.n) >= MIN_SEEDS_FOR_VERDICT
                     m["expo_vs"][b] = compare(ref, other) if enough else "too_few"
+    if rlpd:  # RLPD's steps / each method's, with its bootstrap interval (complete runs on RLPD's grid)
+        grid_r, rows_r = complete_matrix(runs["rlpd"])
+        for method, m in res["methods"].items():
+            grid_m, rows_m = complete_matrix(runs[method])
+            ok = method != "rlpd" and rows_m and rows_r and grid_m == grid_r
+            m["rlpd_steps_over_these_ci"] = steps_ratio_ci(grid_r, rows_m, rows_r, thr) if ok else None
     res["ratio_to_rlpd"] = expo["rlpd_steps_over_these"] if (expo and rlpd) else None
     res["ratio_to_rlpd_ci"] = None
     res["paper_target"] = None
@@ -861,7 +867,8 @@ def beyond_data(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mod
                 paper_target=b["paper_target"], verdict=b["verdict"], imitation_reaches=b["imitation_reaches"],
                 methods={m: dict(threshold_steps_iqm=d["threshold_steps_iqm"], threshold_steps_ci=d["threshold_steps_ci"],
                                  threshold_reached=d["threshold_reached"], threshold_of=d["threshold_of"],
-                                 rlpd_steps_over_these=d["rlpd_steps_over_these"], steps_vs_rlpd=d["steps_vs_rlpd"])
+                                 rlpd_steps_over_these=d["rlpd_steps_over_these"], steps_vs_rlpd=d["steps_vs_rlpd"],
+                                 rlpd_steps_over_these_ci=d.get("rlpd_steps_over_these_ci"))
                          for m, d in b["methods"].items()})  # fmt: skip
 
 
@@ -1197,6 +1204,8 @@ def report(task_names: list[str], cfg: RunConfig, cache_dir: pathlib.Path, resul
             expo_cell = _fmt_ratio(r.get("ratio_to_rlpd"), "EXPO", expo["threshold_steps_iqm"] if expo else None)
             online_cell = "-" if online is None else _fmt_ratio(online.get("rlpd_steps_over_these"),
                                                                 "EXPO online + data", online["threshold_steps_iqm"])
+            if online is not None and online.get("rlpd_steps_over_these_ci"):
+                online_cell += f" (complete runs: {_fmt_ratio_interval(online['rlpd_steps_over_these_ci'])})"
             summary.append(f"| {label} | {res['mode']} | {r['threshold']:.4g} | {expo_cell}{ci_cell} | "
                            f"{_verdict_cell(r)} | {_target_verdict(r.get('paper_target'))} | {online_cell} | "
                            f"{_verdict_cell(r, 'expo_online_data')} |")
