@@ -8,7 +8,7 @@
 # Order: the imitation-only base (cheap, checks that pretraining matches the data), then EXPO and RLPD on every task
 # for seeds 0-4 (so that the ratios exist early), then SAC, then seed by seed the ablations and EXPO online with
 # data (so that an interrupted run leaves every method with about as many seeds).
-# Measured on the 2-core CPU: about 2.5 hours in all (see docs/benchmarks.md).
+# Measured on the 2-core CPU: 3.2-4.2 hours in all (the compute table of bench/results/sample_efficiency.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
