@@ -64,7 +64,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import sys
 import time
 from typing import Any, Optional
@@ -285,6 +284,7 @@ def cut_to_budget(record: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]
         if field in record:
             out[field] = record[field] * kept
     return out
+
 
 QUICK = dict(steps=200, eval_every=100, eval_episodes=1, static_eval_episodes=2, learning_starts=150,
              pretrain_steps=100, max_episode_steps=200)  # fmt: skip
