@@ -820,9 +820,8 @@ def analyse(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mode: s
     res["ratio_to_rlpd_ci"] = None
     res["paper_target"] = None
     if expo and rlpd:
-        (grid_e, rows_e), (grid_r, rows_r) = complete_matrix(runs["expo"]), complete_matrix(runs["rlpd"])
-        if rows_e and rows_r and grid_e == grid_r:
-            res["ratio_to_rlpd_ci"] = steps_ratio_ci(grid_e, rows_e, rows_r, thr)
+        if expo["rlpd_steps_over_these_ci"] is not None:
+            res["ratio_to_rlpd_ci"] = expo["rlpd_steps_over_these_ci"]
             ci_e, ci_r = expo["threshold_steps_ci"], rlpd["threshold_steps_ci"]
             disjoint = ci_e.high < ci_r.low
             ratio = res["ratio_to_rlpd_ci"].point
@@ -865,10 +864,7 @@ def beyond_data(task_name: str, runs: dict[str, list[dict]], cfg: RunConfig, mod
     b = analyse(task_name, runs, cfg, mode, threshold=thr)
     return dict(threshold=thr, ratio_to_rlpd=b["ratio_to_rlpd"], ratio_to_rlpd_ci=b["ratio_to_rlpd_ci"],
                 paper_target=b["paper_target"], verdict=b["verdict"], imitation_reaches=b["imitation_reaches"],
-                methods={m: dict(threshold_steps_iqm=d["threshold_steps_iqm"], threshold_steps_ci=d["threshold_steps_ci"],
-                                 threshold_reached=d["threshold_reached"], threshold_of=d["threshold_of"],
-                                 rlpd_steps_over_these=d["rlpd_steps_over_these"], steps_vs_rlpd=d["steps_vs_rlpd"],
-                                 rlpd_steps_over_these_ci=d.get("rlpd_steps_over_these_ci"))
+                methods={m: {k: v for k, v in d.items() if k not in ("curve", "share_above")}
                          for m, d in b["methods"].items()})  # fmt: skip
 
 
@@ -968,8 +964,7 @@ def markdown(analyses: list[dict], cfg: RunConfig, datasets: dict[str, dict]) ->
             lines.append(
                 f"| {LABELS[method]} | " + " | ".join(cells)
                 + f" | {steps_cell} | {_fmt_ratio(m.get('rlpd_steps_over_these'), 'this method', m['threshold_steps_iqm'])}"
-            f" | {reach} | "
-                f"{worst_cell} | {verdict} |"
+                f" | {reach} | {worst_cell} | {verdict} |"
             )
         if "no_data_vs_sac" in res:
             lines += ["", f"Without data, EXPO vs SAC at {res['steps']} steps: "
