@@ -30,7 +30,7 @@ Main methods (``MAIN_METHODS``: the full run):
 * ``expo_online_selector``: EXPO with ``selection_critic="online"`` (candidates scored by the online critics instead
   of the target ones: the control for optimistic bias).
 
-Kept, not in the main run (``--methods``; committed results of earlier rounds): ``expo_no_data``
+Kept, not in the main run (``--methods``; their last results: docs/benchmarks.md): ``expo_no_data``
 (``EXPO("MlpPolicy", env, **cpu preset)`` without a dataset) and the stability variants (EXPO with one setting
 changed), the candidates for why returns fall back after a good phase:
 
