@@ -1159,8 +1159,8 @@ def compute_table(data: dict[str, dict[str, list[dict]]], task_names: list[str],
     hours = total / 2 / 3600
     lines += ["", f"All methods: {total[0]:.0f} / {total[1]:.0f} s of runs, so **{hours[0]:.1f} h** (means) / "
               f"**{hours[1]:.1f} h** (fastest runs) of wall time with `--jobs 2` (`bench/run_full.sh`); a cell without "
-              "a complete run counts 0. Most runs shared the machine with tests or other benchmarks besides their "
-              "partner, so the means overstate a run on an otherwise idle machine.", ""]  # fmt: skip
+              "a complete run counts 0. A run that shared the machine with other work (tests, another benchmark) "
+              "besides its partner is slower: the fastest run is the closest to an idle machine.", ""]  # fmt: skip
     return lines
 
 
