@@ -17,12 +17,13 @@ stochastic (the paper's evaluation of EXPO: the on-the-fly policy with fresh noi
 
 Main methods (``MAIN_METHODS``: the full run):
 
-* ``expo``: EXPO, ``cpu`` preset, 50/50 offline/online minibatches, base pretrained on the offline data;
+* ``expo``: EXPO, ``cpu`` preset at batch 64 (``RunConfig.batch_size``, RLPD's too), 50/50 offline/online
+  minibatches, base pretrained on the offline data;
 * ``expo_online_data``: the same EXPO and buffer without pretraining (online RL with offline data, as RLPD);
 * ``rlpd``: ``sb3_expo.RLPD`` (10 LayerNorm critics, min over a random pair in the target, mean over critics in the
   actor loss, entropy backup) with EXPO cpu's UTD (``gradient_steps``), batch size, critic width and warm-up, on the
   same 50/50 ``MinariReplayBuffer``; actor 256x256;
-* ``sac``: SB3 SAC with its defaults, no data;
+* ``sac``: SB3 SAC with its defaults, no data, at the ablations' shorter budget;
 * ``base_only``: the pretrained diffusion base alone (EXPO with ``edit_scale=0, n_action_samples=1``, same
   pretraining), evaluated without any online step: imitation only;
 * ``expo_best_of_n``: EXPO with ``edit_scale=0`` (best-of-N base samples, no edit policy);
