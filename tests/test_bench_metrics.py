@@ -293,6 +293,26 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, restore_torch_threads):
         assert trained[field] == cut[field]
 
 
+def test_benchmark_batch_size_reaches_expo_and_rlpd_and_keys_their_runs_only():
+    """The benchmark's minibatch is EXPO's and RLPD's (and part of their runs' keys); SAC keeps SB3's own, so its
+    runs are reused whatever that batch is; ``--batch-size 0`` gives back the preset's (and its runs' keys)."""
+    import gymnasium as gym
+
+    from bench import sample_efficiency as se
+
+    task, cfg = se.TASKS["pendulum"], se.RunConfig()
+    assert cfg.batch_size == 64
+    assert se.build_model("expo_no_data", task, cfg, gym.make("Pendulum-v1"), seed=0).batch_size == 64
+    preset_cfg = se.config_from_args(se.parse_args(["--batch-size", "0"]))
+    assert se.build_model("expo_no_data", task, preset_cfg, gym.make("Pendulum-v1"), seed=0).batch_size == 128
+    assert se.build_model("sac", task, cfg, gym.make("Pendulum-v1"), seed=0).batch_size == 256
+    assert cfg.key(task, "expo")["batch_size"] == cfg.key(task, "rlpd")["batch_size"] == 64
+    assert "batch_size" not in preset_cfg.key(task, "expo")
+    assert cfg.key(task, "sac") == preset_cfg.key(task, "sac")
+    assert se.holds_budget(preset_cfg.key(task, "sac"), cfg.key(task, "sac"))
+    assert not se.holds_budget(preset_cfg.key(task, "expo"), cfg.key(task, "expo"))
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_run_jobs_reports_failures_and_runs_the_rest(jobs):
     """bench.common.run_jobs: every job runs (in order or in spawned processes); failures are listed, not raised."""
