@@ -234,6 +234,10 @@ class RunConfig:
             return self.steps
         return task.short_steps if (task.short_steps and method in SHORT_BUDGET_METHODS) else task.steps
 
+    def batch_kwargs(self, method: Optional[str]) -> dict[str, int]:
+        """``batch_size=...`` where the benchmark's batch applies (EXPO, RLPD; not SAC, nor a batch of None or 0)."""
+        return {} if method == "sac" or not self.batch_size else {"batch_size": self.batch_size}
+
     def task_eval_every(self, task: Task) -> int:
         return self.eval_every or task.eval_every
 
@@ -253,8 +257,7 @@ class RunConfig:
             pretrain_steps=self.pretrain_steps,
             preset=self.preset,
             max_episode_steps=self.max_episode_steps,
-            # Only where it applies, so that SAC's runs hold whatever batch EXPO and RLPD use.
-            **({} if method == "sac" or not self.batch_size else dict(batch_size=self.batch_size)),
+            **self.batch_kwargs(method),  # only where it applies: SAC's runs hold whatever batch EXPO and RLPD use
         )
 
 
@@ -377,7 +380,7 @@ def build_model(method: str, task: Task, cfg: RunConfig, env: Any, seed: int) ->
         buffer_kwargs["obs_keys"] = list(task.obs_keys)
     offline = dict(replay_buffer_class=MinariReplayBuffer, replay_buffer_kwargs=buffer_kwargs)
     common = dict(learning_starts=cfg.learning_starts, buffer_size=max(steps, 1000), seed=seed, device="cpu", verbose=0)
-    batch = {"batch_size": cfg.batch_size} if cfg.batch_size else {}
+    batch = cfg.batch_kwargs(method)
     preset = get_preset(cfg.preset, **batch)
     if method == "sac":
         return SAC("MlpPolicy", env, **common)
